@@ -1,0 +1,183 @@
+"""Running one cube task natively: the task's notebook, executed by papermill.
+
+This is what ``cxr-tutorial run`` does, and what ``mlcube run`` would do in a container:
+resolve the task's parameters, make its output folders, execute the notebook with those
+parameters injected, and keep the executed notebook as the task's log. A failing task
+becomes a :class:`~cxr_tutorial.errors.TaskError` naming the task, the step and cell of
+the notebook, and the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+from cxr_tutorial import logger
+from cxr_tutorial.errors import ConfigError, TaskError
+from cxr_tutorial.mlcube import Cube, load_cube, resolve_parameters
+
+# Quiet, reproducible kernels: TensorFlow's C++ logs off, Keras on TensorFlow, no oneDNN
+# reordering. setdefault, so a user's own choice wins.
+_KERNEL_ENV = {
+    "KERAS_BACKEND": "tensorflow",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskResult:
+    """What a finished task leaves behind.
+
+    Attributes:
+        cube: The cube's name.
+        task: The task's name.
+        parameters: Parameter name to the absolute path used.
+        log: The executed notebook.
+        seconds: Wall-clock duration, kernel start included.
+    """
+
+    cube: str
+    task: str
+    parameters: dict[str, Path]
+    log: Path
+    seconds: float
+
+
+def _snapshot(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under the given inputs."""
+    state: dict[str, tuple[int, int]] = {}
+    for root in paths:
+        files = [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())
+        for file in files:
+            info = file.stat()
+            state[str(file)] = (info.st_size, info.st_mtime_ns)
+    return state
+
+
+def _failed_step(log: Path, cell_index: int) -> str:
+    """Describe the failing cell: the heading of the step it belongs to, and its number."""
+    try:
+        cells = nbformat.read(log, as_version=4).cells
+    except Exception:  # noqa: BLE001 - the description is a courtesy; never mask the error
+        return f"cell {cell_index}"
+    heading = ""
+    for cell in cells[: cell_index + 1]:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    heading = line.lstrip("#").strip()
+    number = sum(1 for c in cells[: cell_index + 1] if c.cell_type == "code")
+    return f"code cell {number}" + (f" (step '{heading}')" if heading else "")
+
+
+def execute_notebook(notebook: Path, parameters: dict[str, str], log: Path, what: str) -> float:
+    """Execute a notebook with papermill, turning failures into a short TaskError.
+
+    Args:
+        notebook: The task's notebook.
+        parameters: Values injected after its ``parameters`` cell.
+        log: Where the executed notebook is written (kept on failure too).
+        what: How to name the task in messages, e.g. ``"task 'prepare' of cxr-data..."``.
+
+    Returns:
+        Wall-clock seconds, kernel start included.
+
+    Raises:
+        TaskError: Naming the step and cell that failed, the error and the log.
+    """
+    import papermill
+    from jupyter_client.manager import KernelManager
+    from papermill.exceptions import PapermillExecutionError
+
+    for key, value in _KERNEL_ENV.items():
+        os.environ.setdefault(key, value)
+    start = time.perf_counter()
+    sockets = tempfile.TemporaryDirectory(prefix="cxr-kernel-")
+    # Local sockets rather than TCP ports: nothing listens on the network. A kernel manager
+    # passed in is not shut down by papermill, so the finally clause below does it.
+    manager = KernelManager(kernel_name="python3", transport="ipc",
+                            ip=str(Path(sockets.name) / "kernel"))
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(log),
+            parameters=parameters,
+            cwd=str(notebook.parent),
+            progress_bar=False,
+            kernel_name="python3",
+            km=manager,
+        )
+    except PapermillExecutionError as exc:
+        evalue = str(exc.evalue).strip()
+        raise TaskError(
+            f"{what} failed in {notebook.name}, {_failed_step(log, exc.cell_index)}:\n"
+            f"{exc.ename}: {evalue}\nThe executed notebook is kept as the log: {log}"
+        ) from None
+    except Exception as exc:  # kernel death, timeouts, unreadable notebook
+        raise TaskError(
+            f"{what} could not run {notebook.name}: {type(exc).__name__}: {exc}\n"
+            f"Log (may be partial): {log}"
+        ) from exc
+    finally:
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+        sockets.cleanup()
+    return time.perf_counter() - start
+
+
+def run_task(
+    cube: Cube | str | Path,
+    task: str,
+    overrides: dict[str, str] | None = None,
+    log_dir: str | Path | None = None,
+    log_name: str | None = None,
+) -> TaskResult:
+    """Run one task of a cube natively.
+
+    Args:
+        cube: A loaded cube or its folder.
+        task: Task name from the manifest.
+        overrides: Parameter name to path; relative paths resolve against the current
+            directory.
+        log_dir: Where the executed notebook goes (default: ``<workspace>/logs``).
+        log_name: File name of the executed notebook (default: ``<task>.ipynb``).
+
+    Returns:
+        A :class:`TaskResult`.
+
+    Raises:
+        ConfigError: If an input does not exist or a parameter is unknown.
+        TaskError: If the notebook fails, or the task modified one of its inputs.
+    """
+    cube = cube if isinstance(cube, Cube) else load_cube(cube)
+    spec = cube.task(task)
+    params = resolve_parameters(cube, task, overrides)
+    inputs = [params[p.name] for p in spec.parameters if not p.is_output]
+    for param in spec.parameters:
+        path = params[param.name]
+        if not param.is_output and not path.exists():
+            raise ConfigError(f"{cube.name} {task}: input {param.name} does not exist: {path}")
+        if param.is_output:
+            (path if param.kind == "directory" else path.parent).mkdir(parents=True,
+                                                                         exist_ok=True)
+    log_dir = Path(log_dir) if log_dir else cube.workspace / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / (log_name or f"{task}.ipynb")
+    before = _snapshot(inputs)
+    logger.info("%s %s: running %s", cube.name, task, spec.notebook.name)
+    seconds = execute_notebook(spec.notebook, {k: str(v) for k, v in params.items()}, log,
+                               f"task {task!r} of {cube.name}")
+    after = _snapshot(inputs)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        raise TaskError(f"task {task!r} of {cube.name} modified its inputs, which must stay "
+                        f"read-only: {', '.join(changed[:5])}")
+    logger.info("%s %s: done in %.1f s", cube.name, task, seconds)
+    return TaskResult(cube.name, task, params, log, seconds)
