@@ -384,6 +384,107 @@ def _round(value: Any, decimals: int) -> Any:
     return value
 
 
+def _warn_single_valued(counts: dict[str, tuple[int, int]]) -> None:
+    """Log, and warn once, about each class whose labels hold a single value."""
+    for name, (positives, negatives) in counts.items():
+        if positives and negatives:
+            continue
+        message = (f"class {name!r}: the labels hold a single value "
+                   f"({'no positive' if positives == 0 else 'no negative'} case): its AUC "
+                   "and some threshold figures are undefined (NaN) and left out of the "
+                   "macro averages")
+        logger.warning(message)
+        warnings.warn(message, UndefinedMetricWarning, stacklevel=3)
+
+
+def _release_classes(
+    figures: dict[str, dict[str, float]],
+    cells: dict[str, dict[str, int]],
+    settings: MetricsSettings,
+    everything: bool,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The ``per_class`` entries as released (rules 1 to 3), and why things were withheld.
+
+    Args:
+        figures: Class name to its figures, from :func:`_class_figures`.
+        cells: Class name to its confusion-matrix cells at the threshold.
+        settings: For ``min_cases``, ``label_type`` and ``threshold``.
+        everything: Whether the whole site is below ``min_cases``.
+
+    Returns:
+        ``(per_class, withheld)``: entries keyed like :data:`CLASS_KEYS`, unrounded.
+    """
+    minimum = settings.min_cases
+    counts = {n: (c["tp"] + c["fn"], c["fp"] + c["tn"]) for n, c in cells.items()}
+    whole = {} if everything else _size_withheld(counts, settings)
+    per_class, withheld = {}, []
+    for name, (positives, negatives) in counts.items():
+        entry = {"n_positive": positives, "n_negative": negatives, **figures[name]}
+        if everything or name in whole:
+            entry = dict.fromkeys(CLASS_KEYS, WITHHELD)
+            if name in whole:
+                withheld.append(f"per_class.{name}: {whole[name]}")
+        elif any(0 < c < minimum for c in cells[name].values()):
+            entry.update(dict.fromkeys(THRESHOLD_FIGURES, WITHHELD))
+            withheld.append(
+                f"per_class.{name}: {', '.join(THRESHOLD_FIGURES)}: at threshold "
+                f"{settings.threshold} they would reveal a count of {_between(minimum)} "
+                "case(s) (a cell of the confusion matrix of this class)")
+        per_class[name] = entry
+    return per_class, withheld
+
+
+def _release_overall(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    y_pred: np.ndarray,
+    class_losses: list[float],
+    settings: MetricsSettings,
+) -> tuple[dict[str, Any], list[str]]:
+    """The overall figures as released (rule 4), before the macro averages.
+
+    Returns:
+        ``(overall, withheld)``, unrounded.
+    """
+    minimum = settings.min_cases
+    if settings.label_type == "multi_class":
+        overall, cells = _multi_class_overall(y_true, y_prob)
+        decided = ["accuracy", "balanced_accuracy"]
+        what = "a cell of the confusion matrix of the argmax decisions"
+    else:
+        overall, cells = _multi_label_overall(y_true, y_pred, class_losses)
+        decided, what = ["subset_accuracy"], "cases with every class right, or not"
+    if not any(0 < c < minimum for c in cells):
+        return overall, []
+    overall.update(dict.fromkeys(decided, WITHHELD))
+    return overall, [f"overall: {', '.join(decided)}: they would reveal a count of "
+                     f"{_between(minimum)} case(s) ({what})"]
+
+
+def _add_macros(overall: dict[str, Any], per_class: dict[str, dict[str, Any]]) -> list[str]:
+    """Add each macro average of the released, defined values and its class count (rule 5).
+
+    Returns:
+        The ``undefined`` notes for the per-class NaNs and for empty averages.
+    """
+    undefined = []
+    for name, entry in per_class.items():
+        for figure, value in entry.items():
+            if isinstance(value, float) and math.isnan(value):
+                reason = _undefined_reason(figure, entry["n_positive"])
+                undefined.append(f"per_class.{name}.{figure}: {reason}; left out of "
+                                 f"{figure}_macro")
+    for figure in MACRO_FIGURES:
+        values = [e[figure] for e in per_class.values()
+                  if isinstance(e[figure], float) and not math.isnan(e[figure])]
+        overall[f"{figure}_macro"] = float(np.mean(values)) if values else math.nan
+        overall[f"{figure}_macro_n_classes"] = len(values)
+        if not values:
+            undefined.append(f"overall.{figure}_macro: no class has a released value of "
+                             f"{figure} to average")
+    return undefined
+
+
 def compute_metrics(
     y_true: np.ndarray, y_prob: np.ndarray, settings: MetricsSettings
 ) -> dict[str, Any]:
@@ -403,12 +504,12 @@ def compute_metrics(
 
     Warns:
         UndefinedMetricWarning: Once per class whose labels hold a single value (also
-            logged).
+            logged), whether or not its figures are released.
 
     Raises:
         FormatError: If the arrays do not have the shapes above.
     """
-    names, minimum = settings.labels_list, settings.min_cases
+    names, minimum, decimals = settings.labels_list, settings.min_cases, settings.decimals
     if y_true.ndim != 2 or y_true.shape != y_prob.shape or y_true.shape[1] != len(names) \
             or len(y_true) == 0:
         raise FormatError(f"labels {y_true.shape} and probabilities {y_prob.shape} must "
@@ -418,71 +519,17 @@ def compute_metrics(
     figures, cells = {}, {}
     for k, name in enumerate(names):
         figures[name], cells[name] = _class_figures(y_true[:, k], y_prob[:, k], y_pred[:, k])
-    counts = {n: (c["tp"] + c["fn"], c["fp"] + c["tn"]) for n, c in cells.items()}
-    for name, (positives, negatives) in counts.items():
-        if positives == 0 or negatives == 0:
-            message = (f"class {name!r}: the labels hold a single value "
-                       f"({'no positive' if positives == 0 else 'no negative'} case): its "
-                       "AUC and some threshold figures are undefined (NaN) and left out of "
-                       "the macro averages")
-            logger.warning(message)
-            warnings.warn(message, UndefinedMetricWarning, stacklevel=2)
+    _warn_single_valued({n: (c["tp"] + c["fn"], c["fp"] + c["tn"]) for n, c in cells.items()})
 
-    withheld: list[str] = []
     everything = n_cases < minimum
-    if everything:
-        withheld.append(f"all figures: fewer than {minimum} cases in total")
-        whole: dict[str, str] = {}
-    else:
-        whole = _size_withheld(counts, settings)
-    per_class: dict[str, dict[str, Any]] = {}
-    for name in names:
-        entry = {"n_positive": counts[name][0], "n_negative": counts[name][1], **figures[name]}
-        small_cell = any(0 < c < minimum for c in cells[name].values())
-        if everything or name in whole:
-            entry = dict.fromkeys(CLASS_KEYS, WITHHELD)
-            if name in whole:
-                withheld.append(f"per_class.{name}: {whole[name]}")
-        elif small_cell:
-            entry.update(dict.fromkeys(THRESHOLD_FIGURES, WITHHELD))
-            withheld.append(
-                f"per_class.{name}: {', '.join(THRESHOLD_FIGURES)}: at threshold "
-                f"{settings.threshold} they would reveal a count of {_between(minimum)} "
-                "case(s) (a cell of the confusion matrix of this class)")
-        per_class[name] = entry
-
-    if settings.label_type == "multi_class":
-        overall, overall_cells = _multi_class_overall(y_true, y_prob)
-        decided, what = ["accuracy", "balanced_accuracy"], \
-            "a cell of the confusion matrix of the argmax decisions"
-    else:
-        losses = [figures[name]["loss"] for name in names]
-        overall, overall_cells = _multi_label_overall(y_true, y_pred, losses)
-        decided, what = ["subset_accuracy"], "cases with every class right, or not"
-    if not everything and any(0 < c < minimum for c in overall_cells):
-        overall.update(dict.fromkeys(decided, WITHHELD))
-        withheld.append(f"overall: {', '.join(decided)}: they would reveal a count of "
-                        f"{_between(minimum)} case(s) ({what})")
-
-    undefined: list[str] = []
-    for name, entry in per_class.items():
-        for figure, value in entry.items():
-            if isinstance(value, float) and math.isnan(value):
-                reason = _undefined_reason(figure, counts[name][0])
-                undefined.append(f"per_class.{name}.{figure}: {reason}; left out of "
-                                 f"{figure}_macro")
-    for figure in MACRO_FIGURES:
-        values = [e[figure] for e in per_class.values()
-                  if isinstance(e[figure], float) and not math.isnan(e[figure])]
-        overall[f"{figure}_macro"] = float(np.mean(values)) if values else math.nan
-        overall[f"{figure}_macro_n_classes"] = len(values)
-        if not values and not everything:
-            undefined.append(f"overall.{figure}_macro: no class has a released value of "
-                             f"{figure} to average")
+    per_class, withheld = _release_classes(figures, cells, settings, everything)
+    overall, overall_withheld = _release_overall(
+        y_true, y_prob, y_pred, [figures[n]["loss"] for n in names], settings)
+    undefined = _add_macros(overall, per_class)
+    withheld += overall_withheld
     if everything:
         overall = dict.fromkeys(overall, WITHHELD)
-
-    decimals = settings.decimals
+        withheld, undefined = [f"all figures: fewer than {minimum} cases in total"], []
     return {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
