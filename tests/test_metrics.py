@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +53,6 @@ def _settings(**kw) -> MetricsSettings:
 
 def _quiet(y_true, y_prob, settings) -> dict:
     """compute_metrics, failing on any warning (a fixture with no degenerate class)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return compute_metrics(y_true, y_prob, settings)
@@ -384,8 +384,6 @@ def test_no_released_figure_reveals_a_small_count_on_random_skewed_sites():
             y_prob = 1 / (1 + np.exp(-(3 * y_true - 1.5 + rng.normal(0, 1.2, (n, k)))))
         settings = MetricsSettings(labels_list=tuple(f"c{i}" for i in range(k)),
                                    label_type=label_type, decimals=6)
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             result = compute_metrics(y_true, y_prob, settings)
@@ -553,8 +551,6 @@ def test_local_views_draw_curves_and_matrices_and_write_nothing(tmp_path, monkey
 def test_the_chapter_writes_results_yaml_only_and_shows_the_local_views(root, tmp_path,
                                                                         monkeypatch):
     from cxr_tutorial.runner import execute_notebook
-
-    import shutil
 
     site = tmp_path / "site"
     site.mkdir()
