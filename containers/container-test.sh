@@ -56,7 +56,8 @@ if ! podman image exists "$BASE"; then
     # official python:3.11 images, without its site-packages and test suite.
     prefix=$("$PYTHON" -c 'import sys; print(sys.base_prefix)')
     version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    step "copy Python $("$PYTHON" -c 'import platform; print(platform.python_version())') from $prefix into the root file system"
+    full=$("$PYTHON" -c 'import platform; print(platform.python_version())')
+    step "copy Python $full from $prefix into the root file system"
     tar -C "$prefix" -c --exclude "lib/python$version/site-packages/*" \
         --exclude "lib/python$version/test" bin/python3 "bin/python$version" lib include \
         | tar -C "$BUILD/rootfs/usr/local" -x
@@ -72,7 +73,8 @@ SECRET=()
 start=$(date +%s)
 podman build "${ENGINE_OPTS[@]}" --network host "${SECRET[@]}" \
     --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" -f Dockerfile .
-echo "built in $(( $(date +%s) - start )) s; size: $(podman image inspect "$IMAGE" --format '{{.Size}}') bytes"
+size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
+echo "built in $(( $(date +%s) - start )) s; image size: $size bytes"
 
 step "prepare and statistics in the container, as MedPerf runs them"
 RUN=$BUILD/run
@@ -103,7 +105,8 @@ commands = {task: medperf_run_command(config, task, paths, run / "tmp", "10001:1
 PY
 chown 10001:10001 "$RUN/tmp" "$RUN/data" "$RUN/labels" "$RUN/statistics.yaml"
 for task in prepare statistics; do
-    mapfile -t cmd < <("$PYTHON" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$RUN/commands.json" "$task")
+    mapfile -t cmd < <("$PYTHON" -c 'import json, sys
+print("\n".join(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$RUN/commands.json" "$task")
     # MedPerf's command, with podman's runtime and limits added after `run`.
     cmd=("${cmd[0]}" run "${ENGINE_OPTS[@]}" "${cmd[@]:2}")
     echo "\$ ${cmd[*]}"
