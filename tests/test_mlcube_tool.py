@@ -119,9 +119,9 @@ class Chain:
         env.update(HOME="/nonexistent", CXR_TUTORIAL_LOG_DIR=str(log_dir))
         result = subprocess.run([*self.prefix, *command], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=600)
-        # Give the outputs back to root, so the next task reads them as read-only inputs.
-        for path in self.base.rglob("*"):
-            os.lchown(path, 0, 0)
+        if self.prefix:  # outputs back to root: the next task reads them as read-only inputs
+            for path in self.base.rglob("*"):
+                os.lchown(path, 0, 0)
         self.runs[task] = (docker, result, log_dir / spec.notebook.name, spec)
 
 
