@@ -3,6 +3,7 @@
 #   python -m cxr_tutorial.entrypoint notebooks/NN_task.ipynb --name=/path ...
 # (MLCube adds the arguments from mlcube.yaml, MedPerf takes them from container_config.yaml).
 # Build from the repository root:  docker build -t cxr-tutorial/data-preparator:0.1.0 .
+# (BuildKit, Docker's default builder since 23.0, or podman: the pip step mounts a secret.)
 # BASE_IMAGE needs Python 3.11 with venv and useradd; `make container-test` passes a Debian
 # root file system made by debootstrap instead of pulling one.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
