@@ -5,7 +5,8 @@ outputs are writable. A native run (``cxr-tutorial run --read-only-inputs``) che
 rules with :class:`InputGuard`:
 
 - every input file and folder loses its write permission for the duration of the task, so
-  a write into an input fails at once, as in a container;
+  a write into an input fails at once, as in a container (the modes are restored after
+  the task; a run killed meanwhile leaves them off, and ``chmod -R u+w`` gives them back);
 - the content (SHA-256) of every input file is compared before and after;
 - the cube's workspace and the notebooks' folder (the kernel's working folder) are
   compared before and after, outside the declared outputs and the log folder.
