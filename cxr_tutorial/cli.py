@@ -49,7 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from cxr_tutorial.runner import run_task
 
     result = run_task(args.mlcube, args.task, _parse_overrides(args.overrides),
-                      log_dir=args.log_dir)
+                      log_dir=args.log_dir, read_only_inputs=args.read_only_inputs)
     print(f"{result.cube} {result.task}: done in {result.seconds:.1f} s")
     for name, path in result.parameters.items():
         print(f"  {name} = {path}")
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", required=True, help="task name from the manifest")
     run.add_argument("--log-dir", type=Path, default=None,
                      help="where the executed notebook goes (default: WORKSPACE/logs)")
+    run.add_argument("--read-only-inputs", action="store_true",
+                     help="check a container's rules: inputs read-only during the run, "
+                          "nothing written outside the declared outputs")
     run.add_argument("overrides", nargs="*", metavar="key=value",
                      help="parameter overrides; relative paths resolve against the current "
                           "directory")

@@ -41,11 +41,15 @@ class TaskSpec:
         name: Task name, e.g. ``prepare``.
         notebook: The notebook that runs it.
         parameters: Its inputs and outputs, in manifest order.
+        entrypoint: The manifest's entrypoint split into words, e.g. ``("python", "-m",
+            "cxr_tutorial.entrypoint", "notebooks/01_prepare.ipynb")``: the command a
+            container runs, its last word relative to the image's working folder.
     """
 
     name: str
     notebook: Path
     parameters: tuple[Parameter, ...]
+    entrypoint: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +60,14 @@ class Cube:
         path: The cube folder (holding ``mlcube.yaml`` and ``workspace/``).
         name: The manifest's ``name``.
         tasks: Task name to :class:`TaskSpec`.
+        image: The container image named in the manifest's ``docker.image`` (``None``
+            if the manifest names none).
     """
 
     path: Path
     name: str
     tasks: dict[str, TaskSpec]
+    image: str | None = None
 
     @property
     def workspace(self) -> Path:
@@ -141,8 +148,10 @@ def load_cube(path: str | Path) -> Cube:
             for key, is_output in (("inputs", False), ("outputs", True))
             for name, value in (params.get(key) or {}).items()
         ]
-        tasks[task_name] = TaskSpec(task_name, notebook, tuple(parsed))
-    return Cube(path, str(data.get("name", path.name)), tasks)
+        tasks[task_name] = TaskSpec(task_name, notebook, tuple(parsed), tuple(words))
+    image = (data.get("docker") or {}).get("image")
+    return Cube(path, str(data.get("name", path.name)), tasks,
+                str(image) if image is not None else None)
 
 
 def resolve_parameters(
@@ -180,3 +189,28 @@ def resolve_parameters(
         else:
             resolved[param.name] = (cube.workspace / param.default).resolve()
     return resolved
+
+
+def find_task(notebook: str | Path) -> tuple[Cube, TaskSpec] | None:
+    """Find the cube task whose entrypoint runs a notebook.
+
+    The project's manifests are ``mlcubes/*/mlcube.yaml`` beside the notebook's folder
+    (``notebooks/``); a container image copies them there too. The first match in folder
+    order wins.
+
+    Args:
+        notebook: A task notebook, e.g. ``notebooks/05_infer.ipynb``.
+
+    Returns:
+        ``(cube, task)``, or ``None`` if no manifest there runs this notebook.
+
+    Raises:
+        ConfigError: If one of the manifests there is invalid.
+    """
+    notebook = Path(notebook).resolve()
+    for manifest in sorted((notebook.parent.parent / "mlcubes").glob("*/mlcube.yaml")):
+        cube = load_cube(manifest)
+        for spec in cube.tasks.values():
+            if spec.notebook.resolve() == notebook:
+                return cube, spec
+    return None

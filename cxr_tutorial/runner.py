@@ -9,6 +9,7 @@ the notebook, and the error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -20,6 +21,7 @@ import nbformat
 from cxr_tutorial import logger
 from cxr_tutorial.errors import ConfigError, TaskError
 from cxr_tutorial.mlcube import Cube, load_cube, resolve_parameters
+from cxr_tutorial.sandbox import InputGuard
 
 # Quiet, reproducible kernels: TensorFlow's C++ logs off, Keras on TensorFlow, no oneDNN
 # reordering. setdefault, so a user's own choice wins.
@@ -138,6 +140,7 @@ def run_task(
     overrides: dict[str, str] | None = None,
     log_dir: str | Path | None = None,
     log_name: str | None = None,
+    read_only_inputs: bool = False,
 ) -> TaskResult:
     """Run one task of a cube natively.
 
@@ -148,13 +151,18 @@ def run_task(
             directory.
         log_dir: Where the executed notebook goes (default: ``<workspace>/logs``).
         log_name: File name of the executed notebook (default: ``<task>.ipynb``).
+        read_only_inputs: Check a container's rules: inputs lose their write permission
+            during the run and their content is compared before and after, and nothing
+            in the workspace or the notebooks' folder may change outside the declared
+            outputs (see :mod:`cxr_tutorial.sandbox` for what this proves as root).
 
     Returns:
         A :class:`TaskResult`.
 
     Raises:
         ConfigError: If an input does not exist or a parameter is unknown.
-        TaskError: If the notebook fails, or the task modified one of its inputs.
+        TaskError: If the notebook fails, or the task modified one of its inputs (or,
+            with ``read_only_inputs``, wrote outside its outputs).
     """
     cube = cube if isinstance(cube, Cube) else load_cube(cube)
     spec = cube.task(task)
@@ -172,8 +180,14 @@ def run_task(
     log = log_dir / (log_name or f"{task}.ipynb")
     before = _snapshot(inputs)
     logger.info("%s %s: running %s", cube.name, task, spec.notebook.name)
-    seconds = execute_notebook(spec.notebook, {k: str(v) for k, v in params.items()}, log,
-                               f"task {task!r} of {cube.name}")
+    outputs = [params[p.name] for p in spec.parameters if p.is_output]
+    guard = (InputGuard(inputs, outputs, [cube.workspace, spec.notebook.parent], [log_dir])
+             if read_only_inputs else None)
+    with guard or contextlib.nullcontext():
+        seconds = execute_notebook(spec.notebook, {k: str(v) for k, v in params.items()},
+                                   log, f"task {task!r} of {cube.name}")
+    if guard is not None:
+        guard.check(f"task {task!r} of {cube.name}")
     after = _snapshot(inputs)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if changed:
