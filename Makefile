@@ -7,12 +7,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUTPUT ?= runs/demo
 
-.PHONY: demo test lab lock clean help
+.PHONY: demo test lab lock clean help docs browser-test record-outputs clean-notebooks
+
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_STAMP := $(VENV)/.browser-installed
+# JupyterLab refuses to run as root (containers) unless told to.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 help:
 	@echo "make demo   install (once) and run the compatibility test on the demo data"
 	@echo "make test   install (once) and run the test suite"
 	@echo "make lab    open the tutorial in JupyterLab"
+	@echo "make docs   run every chapter and render it to HTML in docs/_build/"
+	@echo "make browser-test  run every chapter in JupyterLab in headless chromium"
+	@echo "make record-outputs  store the outputs of cells marked nbval-check-output"
+	@echo "make clean-notebooks strip outputs and execution counts from the chapters"
 	@echo "make lock   regenerate requirements.lock from pyproject.toml"
 	@echo "make clean  remove .venv, runs/ and tutorial_outputs/"
 
@@ -31,7 +40,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
@@ -42,3 +51,26 @@ lock:
 
 clean:
 	rm -rf $(VENV) runs tutorial_outputs
+
+docs: $(STAMP)
+	$(BIN)/python -m cxr_tutorial.docs --output docs/_build
+
+# Debian's chromium (installed with apt-get when missing and run as root) driven by the
+# pinned Playwright of tests/browser/requirements.txt; no browser is downloaded.
+$(BROWSER_STAMP): $(STAMP) tests/browser/requirements.txt
+	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 && apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; } \
+		|| { echo "install chromium (sudo apt-get install chromium) or set CHROMIUM=..."; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r tests/browser/requirements.txt
+	touch $(BROWSER_STAMP)
+
+browser-test: $(BROWSER_STAMP)
+	CXR_BROWSER_TEST=1 CXR_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest tests/browser -v
+	@echo "Screenshots: runs/browser/*.png (summary.json beside them)"
+
+record-outputs: $(STAMP)
+	$(BIN)/python -m cxr_tutorial.chapters record
+
+clean-notebooks: $(STAMP)
+	$(BIN)/python -m cxr_tutorial.chapters clean

@@ -53,7 +53,7 @@ state) describe one run on one machine."""
 
 _MACHINE_PATH = re.compile(
     r"""(?:^|[\s'"(=:,\[])(/(?:home|Users|root|tmp|work|private|mnt|scratch|var/folders)/"""
-    r"""[^\s'",)\]]*|[A-Za-z]:\\\\?[^\s'",)\]]+)"""
+    r"""[^\s'",)\]\\]*|[A-Za-z]:\\\\?[^\s'",)\]]+)"""
 )
 
 
@@ -124,7 +124,7 @@ def list_chapters(folder: str | Path) -> list[Chapter]:
                       key=lambda c: c.number)
     if not chapters:
         raise ConfigError(f"{folder}: no chapter (NN_name.ipynb) found")
-    for before, after in zip(chapters, chapters[1:]):
+    for before, after in zip(chapters, chapters[1:], strict=False):
         if before.number == after.number:
             raise ConfigError(f"{before.path.name} and {after.path.name} share the number "
                               f"{before.number:02d}; renumber one of them")
@@ -164,13 +164,39 @@ def stage_tutorial(root: str | Path, stage: str | Path,
     return stage / "notebooks"
 
 
+def number_checked_cells(notebooks: str | Path) -> int:
+    """Give checked cells with stored outputs an execution count, in a staged copy only.
+
+    nbval compares only cells whose stored copy "ran" (has an execution count), while
+    committed notebooks carry none; the nbval run therefore numbers them in its copy.
+
+    Args:
+        notebooks: A staged ``notebooks/`` folder, modified in place.
+
+    Returns:
+        How many cells were numbered.
+    """
+    numbered = 0
+    for path in sorted(Path(notebooks).glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        cells = [c for c in nb.cells if c.cell_type == "code" and output_is_checked(c)
+                 and c.outputs]
+        for number, cell in enumerate(cells, start=1):
+            cell.execution_count = number
+        if cells:
+            nbformat.write(nb, path)
+        numbered += len(cells)
+    return numbered
+
+
 def output_is_checked(cell: nbformat.NotebookNode) -> bool:
     """Whether nbval compares this cell's output with the one stored in the notebook."""
     if CHECK_OUTPUT_TAG in cell.get("metadata", {}).get("tags", []):
         return True
+    source = cell.get("source", "")
+    source = "".join(source) if isinstance(source, list) else source  # raw JSON keeps lines
     return any(line.strip().lstrip("#").strip() == CHECK_OUTPUT_COMMENT
-               for line in cell.get("source", "").splitlines()
-               if line.strip().startswith("#"))
+               for line in source.splitlines() if line.strip().startswith("#"))
 
 
 def machine_paths(text: str, extra: Iterable[str] = ()) -> list[str]:
@@ -224,7 +250,7 @@ def notebook_problems(path: str | Path, forbidden: Iterable[str] = ()) -> list[s
         if cell.get("execution_count") is not None:
             problems.append(f"{where}: execution count {cell['execution_count']}; set it to null")
         outputs = cell.get("outputs", [])
-        if outputs and not output_is_checked(nbformat.from_dict(cell)):
+        if outputs and not output_is_checked(cell):
             problems.append(f"{where}: has outputs but is not marked {CHECK_OUTPUT_TAG}; "
                             f"clear them")
             continue
@@ -316,7 +342,7 @@ def record_checked_outputs(committed: nbformat.NotebookNode,
         raise ConfigError("the executed notebook's cells differ from the committed ones; "
                           "was it executed with injected parameters?")
     recorded = 0
-    for mine, ran in zip(committed.cells, executed.cells):
+    for mine, ran in zip(committed.cells, executed.cells, strict=True):
         if mine.cell_type == "code" and output_is_checked(mine):
             mine.outputs = [_sanitized(o, patterns) for o in ran.outputs]
             recorded += 1
