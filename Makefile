@@ -7,12 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUTPUT ?= runs/demo
 
-.PHONY: demo test lab lock clean help docs browser-test record-outputs clean-notebooks
-
-CHROMIUM ?= /usr/bin/chromium
-BROWSER_STAMP := $(VENV)/.browser-installed
-# JupyterLab refuses to run as root (containers) unless told to.
-LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
+.PHONY: demo test lab lock clean help
 
 help:
 	@echo "make demo   install (once) and run the compatibility test on the demo data"
@@ -42,15 +37,13 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/
 
-lock:
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[test]'
-	{ head -n 2 requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable; } \
-		> requirements.lock.new && mv requirements.lock.new requirements.lock
-	rm -rf .lock-venv
+# The tutorial as readers meet it: static HTML, JupyterLab in a browser, clean notebooks.
+.PHONY: docs browser-test record-outputs clean-notebooks
 
-clean:
-	rm -rf $(VENV) runs tutorial_outputs
+# JupyterLab refuses to run as root (containers) unless told to.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_STAMP := $(VENV)/.browser-installed
 
 docs: $(STAMP)
 	$(BIN)/python -m cxr_tutorial.docs --output docs/_build
@@ -74,3 +67,13 @@ record-outputs: $(STAMP)
 
 clean-notebooks: $(STAMP)
 	$(BIN)/python -m cxr_tutorial.chapters clean
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet -e '.[test]'
+	{ head -n 2 requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable; } \
+		> requirements.lock.new && mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) runs tutorial_outputs
