@@ -16,6 +16,10 @@ help:
 	@echo "make demo   install (once) and run the compatibility test on the demo data"
 	@echo "make test   install (once) and run the test suite"
 	@echo "make lab    open the tutorial in JupyterLab"
+	@echo "make docs   run every chapter and render it to HTML in docs/_build/"
+	@echo "make browser-test  run every chapter in JupyterLab in headless chromium"
+	@echo "make record-outputs  store the outputs of cells marked nbval-check-output"
+	@echo "make clean-notebooks strip outputs and execution counts from the chapters"
 	@echo "make lock   regenerate requirements.lock from pyproject.toml"
 	@echo "make clean  remove .venv, runs/ and tutorial_outputs/"
 	@echo "make mlcube-venv        the real mlcube tool in $(MLCUBE_VENV) (make test uses it)"
@@ -37,7 +41,38 @@ test: $(STAMP) $(MLCUBE_STAMP)
 	$(BIN)/python -m pytest
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/
+
+# The tutorial as readers meet it: static HTML, JupyterLab in a browser, clean notebooks.
+.PHONY: docs browser-test record-outputs clean-notebooks
+
+# JupyterLab refuses to run as root (containers) unless told to.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_STAMP := $(VENV)/.browser-installed
+
+docs: $(STAMP)
+	$(BIN)/python -m cxr_tutorial.docs --output docs/_build
+
+# Debian's chromium (installed with apt-get when missing and run as root) driven by the
+# pinned Playwright of tests/browser/requirements.txt; no browser is downloaded.
+$(BROWSER_STAMP): $(STAMP) tests/browser/requirements.txt
+	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 && apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; } \
+		|| { echo "install chromium (sudo apt-get install chromium) or set CHROMIUM=..."; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r tests/browser/requirements.txt
+	touch $(BROWSER_STAMP)
+
+browser-test: $(BROWSER_STAMP)
+	CXR_BROWSER_TEST=1 CXR_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest tests/browser -v
+	@echo "Screenshots: runs/browser/*.png (summary.json beside them)"
+
+record-outputs: $(STAMP)
+	$(BIN)/python -m cxr_tutorial.chapters record
+
+clean-notebooks: $(STAMP)
+	$(BIN)/python -m cxr_tutorial.chapters clean
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -19,12 +19,12 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from cxr_tutorial import logger  # noqa: E402
 from cxr_tutorial.config import check_labels_list, load_settings  # noqa: E402
 from cxr_tutorial.errors import ConfigError, FormatError  # noqa: E402
 from cxr_tutorial.prepared import PreparedDataset, read_prepared_labels  # noqa: E402
+from cxr_tutorial.progress import tqdm  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import yaml
-from tqdm.auto import tqdm
 
 from cxr_tutorial import logger
 from cxr_tutorial.config import check_labels_list, load_settings
@@ -32,6 +31,7 @@ from cxr_tutorial.prepared import (
     open_prepared,
     read_prepared_labels,
 )
+from cxr_tutorial.progress import tqdm
 
 SOURCES_FILE = "sources.yaml"
 """Aggregate properties of the raw images, written by prepare beside ``format.yaml``."""

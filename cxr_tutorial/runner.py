@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +25,10 @@ from cxr_tutorial.mlcube import Cube, load_cube, resolve_parameters
 from cxr_tutorial.sandbox import InputGuard
 
 # Quiet, reproducible kernels: TensorFlow's C++ logs off, Keras on TensorFlow, no oneDNN
-# reordering. setdefault, so a user's own choice wins.
+# reordering; text progress bars, since no one sees a widget in a headless kernel.
+# setdefault, so a user's own choice wins.
 _KERNEL_ENV = {
+    "CXR_TUTORIAL_PROGRESS": "text",
     "KERAS_BACKEND": "tensorflow",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "TF_ENABLE_ONEDNN_OPTS": "0",
@@ -113,6 +116,8 @@ def execute_notebook(notebook: Path, parameters: dict[str, str], log: Path, what
             parameters=parameters,
             cwd=str(notebook.parent),
             progress_bar=False,
+            # The kernel's stderr (log records, progress bars) reaches the terminal live.
+            stderr_file=sys.stderr,
             kernel_name="python3",
             km=manager,
         )

@@ -4,18 +4,34 @@ The chapters write to ``../tutorial_outputs``; running them on a copy of ``noteb
 beside links to the real ``demo_data/`` and ``mlcubes/`` keeps the repository clean and
 proves each chapter runs top to bottom with its default parameters, exactly as a reader
 in JupyterLab would run it.
+
+nbval runs with ``--nbval-lax``: every cell must run without error, and the cells marked
+for checking (tag ``nbval-check-output``, or a first line ``# NBVAL_CHECK_OUTPUT``) must
+also reproduce the output stored in the notebook, after the substitutions of
+``tests/nbval_sanitize.cfg``. Record a marked cell's output with ``make record-outputs``;
+``cxr_tutorial/chapters.py`` says more.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import yaml
+
+from cxr_tutorial.chapters import (
+    list_chapters,
+    number_checked_cells,
+    output_is_checked,
+    stage_tutorial,
+)
+
+NBVAL = [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+         "--nbval-cell-timeout=600"]
 
 
 def _assert_same_weights(trained: Path, shipped: Path) -> None:
@@ -31,22 +47,29 @@ def _assert_same_weights(trained: Path, shipped: Path) -> None:
     )
 
 
-def test_every_chapter_runs_top_to_bottom(root: Path, tmp_path: Path):
-    stage = tmp_path / "tutorial"
-    shutil.copytree(root / "notebooks", stage / "notebooks",
-                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    for name in ("demo_data", "mlcubes"):
-        os.symlink(root / name, stage / name)
-    notebooks = sorted(p.name for p in (stage / "notebooks").glob("*.ipynb"))
-    assert notebooks[:6] == ["01_prepare.ipynb", "02_sanity_check.ipynb",
-                             "03_statistics.ipynb", "04_train.ipynb", "05_infer.ipynb",
-                             "06_evaluate.ipynb"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
-         "--nbval-cell-timeout=600", "notebooks"],
+def _nbval(stage: Path, root: Path, *paths: str) -> subprocess.CompletedProcess:
+    """Run nbval on a staged tutorial, comparing the checked cells' stored outputs."""
+    number_checked_cells(stage / "notebooks")
+    return subprocess.run(
+        [*NBVAL, f"--nbval-sanitize-with={root / 'tests' / 'nbval_sanitize.cfg'}", *paths],
         cwd=stage, capture_output=True, text=True, timeout=1800,
     )
+
+
+def test_every_chapter_runs_top_to_bottom(root: Path, tmp_path: Path):
+    stage = stage_tutorial(root, tmp_path / "tutorial").parent
+    chapters = list_chapters(stage / "notebooks")
+    # Reading order is the numbering: the index first, then 01, 02... with no gap, each
+    # chapter after the ones whose outputs it reads.
+    assert [c.number for c in chapters] == list(range(len(chapters)))
+    assert chapters[0].name == "00_index"
+    assert [c.name for c in chapters[1:7]] == ["01_prepare", "02_sanity_check",
+                                               "03_statistics", "04_train", "05_infer",
+                                               "06_evaluate"]
+    # nbval runs the files in the order given, so the chapters run in reading order.
+    result = _nbval(stage, root, *(f"notebooks/{c.path.name}" for c in chapters))
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout
     outputs = stage / "tutorial_outputs"
     results = yaml.safe_load((outputs / "results.yaml").read_text())
     assert results["n_cases"] == 16 and results["overall"]["auc_macro_n_classes"] == 2
@@ -55,3 +78,19 @@ def test_every_chapter_runs_top_to_bottom(root: Path, tmp_path: Path):
                          / "weights.keras")
     # Nothing was written next to the real notebooks or data.
     assert not (root / "tutorial_outputs").exists() or os.environ.get("CXR_KEEP_OUTPUTS")
+
+
+def test_a_checked_output_that_changes_fails_nbval(root: Path, tmp_path: Path):
+    """The mechanism works: the index's checked cell is compared, not only executed."""
+    stage = stage_tutorial(root, tmp_path / "tutorial").parent
+    index = stage / "notebooks" / "00_index.ipynb"
+    nb = nbformat.read(index, as_version=4)
+    checked = [c for c in nb.cells if c.cell_type == "code" and output_is_checked(c)]
+    assert checked and all(c.outputs for c in checked), "00_index stores no checked output"
+    stored = checked[0].outputs[0]
+    assert "demo data: 16 labelled images, 16 of them present" in stored.text
+    stored.text = stored.text.replace("16 of them present", "15 of them present")
+    nbformat.write(nb, index)
+    result = _nbval(stage, root, "notebooks/00_index.ipynb")
+    assert result.returncode != 0
+    assert "Cell outputs differ" in result.stdout and "15 of them" in result.stdout
