@@ -1,0 +1,187 @@
+"""Time the Model cube's ``infer`` task against the model's own ``predict``.
+
+For each N, the script writes N prepared cases (random images, through the package's
+``PreparedWriter``), runs the ``infer`` task through the native runner exactly as
+``cxr-tutorial run`` does (papermill, kernel start and TensorFlow import included), then
+times the floor in this process: the same model's ``predict`` on the same N images held
+in memory, with the same batch size, after one warm-up batch. It prints cases per second
+and the ratio cube / floor.
+
+From the task's executed notebook it also reads the time of its prediction phase alone and
+its peak memory, so the fixed cost (kernel, imports, model loading, writing) and the
+streaming speed can be told apart, and memory can be compared across N. Finally it checks
+that the cube predicted what the floor predicted.
+
+Run from the repository folder::
+
+    .venv/bin/python bench/bench_infer.py                 # N = 5,000
+    .venv/bin/python bench/bench_infer.py --n 500 5000 --batch-size 64 --repeat 2
+    .venv/bin/python bench/bench_infer.py --onednn 1      # TensorFlow's oneDNN kernels on
+
+The machine's load (``os.getloadavg``) is printed with the figures: on a shared machine,
+compare runs made under similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+CUBE = ROOT / "mlcubes" / "model_custom_cnn"
+TARGET_N, TARGET_RATIO = 5000, 1.3
+_PREDICTED = re.compile(r"predicted (\d+) cases in ([\d.]+) s .*peak memory (\d+) MB")
+
+
+def write_cases(folder: Path, n: int, image_size: int, labels_list: list[str],
+                label_type: str) -> Path:
+    """Write ``n`` prepared cases of random pixels; return the data folder."""
+    from cxr_tutorial.prepared import PreparedWriter
+
+    rng = np.random.default_rng(n)
+    data = folder / "data"
+    with PreparedWriter(data, folder / "labels", image_size, labels_list, label_type) as writer:
+        for i in tqdm(range(n), desc=f"writing {n} cases", unit="case", leave=False):
+            label = np.zeros(len(labels_list), dtype=np.uint8)
+            label[i % len(labels_list)] = 1
+            image = rng.integers(0, 256, (image_size, image_size), dtype=np.uint8)
+            writer.add(f"case-{i + 1:06d}", image, label)
+        writer.commit()
+    return data
+
+
+def run_cube(data: Path, parameters_file: Path, output: Path) -> tuple[float, float, float]:
+    """Run ``infer`` through the runner.
+
+    Returns:
+        ``(total seconds, seconds of the prediction phase, peak memory in MB)``, the last
+        two read from the log the task leaves (NaN if not found).
+    """
+    from cxr_tutorial.runner import run_task
+
+    result = run_task(CUBE, "infer", {"data_path": str(data), "output_path": str(output),
+                                      "parameters_file": str(parameters_file)},
+                      log_dir=output.parent / "logs", log_name=f"{output.name}.ipynb")
+    predict_s = peak_mb = math.nan
+    for cell in nbformat.read(result.log, as_version=4).cells:
+        for out in cell.get("outputs", []):
+            match = _PREDICTED.search(out.get("text", ""))
+            if match:
+                predict_s, peak_mb = float(match[2]), float(match[3])
+    return result.seconds, predict_s, peak_mb
+
+
+def run_floor(data: Path, batch_size: int) -> tuple[float, np.ndarray, list[str]]:
+    """Time the shipped model's ``predict`` on all cases held in memory.
+
+    Returns:
+        ``(seconds, probabilities, case ids)``.
+    """
+    from cxr_tutorial.model import load_weights, load_model_settings
+    from cxr_tutorial.prepared import open_prepared
+
+    settings = load_model_settings(CUBE / "workspace" / "parameters.yaml")
+    dataset = open_prepared(data)
+    images = np.stack([dataset.read(c) for c in dataset.case_ids])[..., np.newaxis]
+    model = load_weights(CUBE / "workspace" / "additional_files" / settings.weights_file,
+                         dataset.spec.image_size, len(settings.labels_list))
+    model.predict(images[:batch_size], batch_size=batch_size, verbose=0)  # warm-up: tracing
+    start = time.perf_counter()
+    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    return time.perf_counter() - start, probabilities, dataset.case_ids
+
+
+def max_difference(predictions_file: Path, ids: list[str], probabilities: np.ndarray) -> float:
+    """Largest absolute difference between the cube's predictions and the floor's."""
+    cube = json.loads(predictions_file.read_text(encoding="utf-8"))
+    if sorted(cube) != sorted(ids):
+        return math.inf
+    return float(np.max(np.abs(np.array([cube[c] for c in ids]) - probabilities)))
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[TARGET_N],
+                        help=f"numbers of cases, one run each (default: {TARGET_N})")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="inference batch size (default: the cube's parameters.yaml)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of cube and floor per N; the fastest of each is kept")
+    parser.add_argument("--onednn", choices=["0", "1"], default=None,
+                        help="TF_ENABLE_ONEDNN_OPTS for both the cube and the floor "
+                             "(default: the environment's value, else 0 as the cube uses)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="write the generated data and outputs here instead of a "
+                             "temporary folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return 0, or 1 if the cube's predictions differ from the floor's."""
+    args = parse_arguments(argv)
+    if args.onednn is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = args.onednn
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from cxr_tutorial.log import setup_logging
+
+    setup_logging("WARNING")
+    parameters = yaml.safe_load((CUBE / "workspace" / "parameters.yaml").read_text())
+    if args.batch_size:
+        parameters["batch_size"] = args.batch_size
+    batch_size = parameters["batch_size"]
+    work = tempfile.TemporaryDirectory(prefix="bench-infer-") if args.keep is None else None
+    base = Path(work.name) if work else args.keep
+    parameters_file = base / "parameters.yaml"
+    base.mkdir(parents=True, exist_ok=True)
+    parameters_file.write_text(yaml.safe_dump(parameters, sort_keys=False), encoding="utf-8")
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average {load} on {os.cpu_count()} CPUs; "
+          f"TF_ENABLE_ONEDNN_OPTS={os.environ['TF_ENABLE_ONEDNN_OPTS']}; "
+          f"batch_size {batch_size}; best of {args.repeat}")
+    header = (f"{'N':>7} {'cube s':>8} {'cases/s':>8} {'floor s':>8} {'cases/s':>8} "
+              f"{'ratio':>6} | {'predict s':>9} {'ratio':>6} {'fixed s':>7} {'peak MB':>7} "
+              f"{'max diff':>8}")
+    print(header, flush=True)
+    worst = 0.0
+    for n in args.n:
+        folder = base / f"n{n}"
+        data = write_cases(folder, n, parameters["image_size"], parameters["labels_list"],
+                           parameters["label_type"])
+        cube_runs = [run_cube(data, parameters_file, folder / f"predictions{r}")
+                     for r in range(args.repeat)]
+        cube_s, predict_s, peak_mb = min(cube_runs)
+        floor_s, probabilities, ids = min((run_floor(data, batch_size)
+                                           for _ in range(args.repeat)), key=lambda r: r[0])
+        diff = max_difference(folder / "predictions0" / "predictions.json", ids, probabilities)
+        worst = max(worst, diff)
+        print(f"{n:>7} {cube_s:>8.2f} {n / cube_s:>8.0f} {floor_s:>8.2f} {n / floor_s:>8.0f} "
+              f"{cube_s / floor_s:>6.2f} | {predict_s:>9.2f} {predict_s / floor_s:>6.2f} "
+              f"{cube_s - predict_s:>7.2f} {peak_mb:>7.0f} {diff:>8.1e}", flush=True)
+    print(f"cube: the infer task through the runner, kernel start included; floor: "
+          f"model.predict on the cases in memory.\npredict s: the task's prediction phase "
+          f"alone (read, predict, check); fixed s: the rest (kernel, imports, model, write).\n"
+          f"target: ratio <= {TARGET_RATIO} at N = {TARGET_N:,}")
+    if work:
+        work.cleanup()
+    if worst > 1e-4:
+        print(f"error: the cube's predictions differ from the floor's by {worst:.2g}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
