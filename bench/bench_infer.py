@@ -4,8 +4,8 @@ For each N, the script writes N prepared cases (random images, through the packa
 ``PreparedWriter``), runs the ``infer`` task through the native runner exactly as
 ``cxr-tutorial run`` does (papermill, kernel start and TensorFlow import included), then
 times the floor in this process: the same model's ``predict`` on the same N images held
-in memory, with the same batch size, after one warm-up batch. It prints cases per second
-and the ratio cube / floor.
+in memory, with the same batch size and the same TensorFlow kernels (``onednn``), after
+one warm-up batch. It prints cases per second and the ratio cube / floor.
 
 From the task's executed notebook it also reads the time of its prediction phase alone and
 its peak memory, so the fixed cost (kernel, imports, model loading, writing) and the
@@ -16,7 +16,7 @@ Run from the repository folder::
 
     .venv/bin/python bench/bench_infer.py                 # N = 5,000
     .venv/bin/python bench/bench_infer.py --n 500 5000 --batch-size 64 --repeat 2
-    .venv/bin/python bench/bench_infer.py --onednn 1      # TensorFlow's oneDNN kernels on
+    .venv/bin/python bench/bench_infer.py --onednn false  # TensorFlow's portable kernels
 
 The machine's load (``os.getloadavg``) is printed with the figures: on a shared machine,
 compare runs made under similar load.
@@ -83,16 +83,20 @@ def run_cube(data: Path, parameters_file: Path, output: Path) -> tuple[float, fl
     return result.seconds, predict_s, peak_mb
 
 
-def run_floor(data: Path, batch_size: int) -> tuple[float, np.ndarray, list[str]]:
+def run_floor(data: Path, parameters_file: Path) -> tuple[float, np.ndarray, list[str]]:
     """Time the shipped model's ``predict`` on all cases held in memory.
 
     Returns:
         ``(seconds, probabilities, case ids)``.
     """
-    from cxr_tutorial.model import load_weights, load_model_settings
+    from cxr_tutorial.model import load_model_settings, load_weights, use_onednn
     from cxr_tutorial.prepared import open_prepared
 
-    settings = load_model_settings(CUBE / "workspace" / "parameters.yaml")
+    settings = load_model_settings(parameters_file)
+    if not use_onednn(settings.onednn):
+        raise SystemExit("TensorFlow already runs with other kernels; run one --onednn value "
+                         "per process")
+    batch_size = settings.batch_size
     dataset = open_prepared(data)
     images = np.stack([dataset.read(c) for c in dataset.case_ids])[..., np.newaxis]
     model = load_weights(CUBE / "workspace" / "additional_files" / settings.weights_file,
@@ -119,9 +123,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="inference batch size (default: the cube's parameters.yaml)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of cube and floor per N; the fastest of each is kept")
-    parser.add_argument("--onednn", choices=["0", "1"], default=None,
-                        help="TF_ENABLE_ONEDNN_OPTS for both the cube and the floor "
-                             "(default: the environment's value, else 0 as the cube uses)")
+    parser.add_argument("--onednn", choices=["true", "false"], default=None,
+                        help="TensorFlow's oneDNN kernels for both the cube and the floor "
+                             "(default: the cube's parameters.yaml)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="write the generated data and outputs here instead of a "
                              "temporary folder")
@@ -131,16 +135,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 0, or 1 if the cube's predictions differ from the floor's."""
     args = parse_arguments(argv)
-    if args.onednn is not None:
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = args.onednn
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from cxr_tutorial.log import setup_logging
 
     setup_logging("WARNING")
     parameters = yaml.safe_load((CUBE / "workspace" / "parameters.yaml").read_text())
     if args.batch_size:
         parameters["batch_size"] = args.batch_size
-    batch_size = parameters["batch_size"]
+    if args.onednn:
+        parameters["onednn"] = args.onednn == "true"
     work = tempfile.TemporaryDirectory(prefix="bench-infer-") if args.keep is None else None
     base = Path(work.name) if work else args.keep
     parameters_file = base / "parameters.yaml"
@@ -148,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parameters_file.write_text(yaml.safe_dump(parameters, sort_keys=False), encoding="utf-8")
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"load average {load} on {os.cpu_count()} CPUs; "
-          f"TF_ENABLE_ONEDNN_OPTS={os.environ['TF_ENABLE_ONEDNN_OPTS']}; "
-          f"batch_size {batch_size}; best of {args.repeat}")
+    print(f"load average {load} on {os.cpu_count()} CPUs; onednn {parameters['onednn']}; "
+          f"batch_size {parameters['batch_size']}; best of {args.repeat}")
     header = (f"{'N':>7} {'cube s':>8} {'cases/s':>8} {'floor s':>8} {'cases/s':>8} "
               f"{'ratio':>6} | {'predict s':>9} {'ratio':>6} {'fixed s':>7} {'peak MB':>7} "
               f"{'max diff':>8}")
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         cube_runs = [run_cube(data, parameters_file, folder / f"predictions{r}")
                      for r in range(args.repeat)]
         cube_s, predict_s, peak_mb = min(cube_runs)
-        floor_s, probabilities, ids = min((run_floor(data, batch_size)
+        floor_s, probabilities, ids = min((run_floor(data, parameters_file)
                                            for _ in range(args.repeat)), key=lambda r: r[0])
         diff = max_difference(folder / "predictions0" / "predictions.json", ids, probabilities)
         worst = max(worst, diff)

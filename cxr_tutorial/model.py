@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# oneDNN reorders float sums between runs; off, training is reproducible bit for bit.
-# Inference does not need that: TF_ENABLE_ONEDNN_OPTS=1, set before this import, makes it
-# about 3 times faster on CPU and moves probabilities by about 1e-7.
+# oneDNN reorders float sums; off, training is reproducible bit for bit. Inference may turn
+# it on with use_onednn() before TensorFlow starts.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np  # noqa: E402
@@ -70,6 +69,9 @@ class ModelSettings:
             resized images with the grey channel repeated (see :func:`adapt_input`).
         batch_size: Cases per inference batch; memory grows with it, not with the number
             of cases.
+        onednn: Infer with TensorFlow's oneDNN CPU kernels (see :func:`use_onednn`):
+            about 3 times faster, probabilities move by about 1e-7. Training always runs
+            without them.
         train_batch_size: Cases per training step (small batches suit tiny data sets).
         epochs: Training epochs.
         learning_rate: Adam learning rate for training.
@@ -82,6 +84,7 @@ class ModelSettings:
     weights_file: str = "weights.keras"
     adapt_input: bool = False
     batch_size: int = 32
+    onednn: bool = True
     train_batch_size: int = 4
     epochs: int = 60
     learning_rate: float = 0.005
@@ -105,6 +108,34 @@ class ModelSettings:
 def load_model_settings(path: str | Path, **overrides: Any) -> ModelSettings:
     """Read the Model cube's ``parameters.yaml``; see :class:`ModelSettings`."""
     return load_settings(ModelSettings, path, **overrides)
+
+
+def use_onednn(enabled: bool) -> bool:
+    """Choose whether TensorFlow uses its oneDNN CPU kernels in this process.
+
+    oneDNN (TensorFlow's default on x86) makes convolutions on CPU about three times
+    faster, but TensorFlow's deterministic ops do not cover it, so the ``train`` task
+    turns it off to reproduce its weights bit for bit. For inference it is on by default:
+    it gave the same probabilities from run to run in our tests, about 1e-7 away from
+    those of the portable kernels. The choice must be made before TensorFlow is imported.
+
+    Args:
+        enabled: ``True`` for oneDNN, ``False`` for TensorFlow's portable kernels.
+
+    Returns:
+        Whether the choice takes effect: ``False`` (with a warning) if TensorFlow was
+        already imported with the other setting; restart the kernel then.
+    """
+    value = "1" if enabled else "0"
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == value:
+        return True
+    if "tensorflow" in sys.modules:
+        logger.warning("TensorFlow is already running with TF_ENABLE_ONEDNN_OPTS=%s; restart "
+                       "the kernel to set it to %s", os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+                       value)
+        return False
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = value
+    return True
 
 
 def check_data(
@@ -201,8 +232,8 @@ def train(
 
     With the same inputs, settings and TensorFlow build, two runs give the same weights
     bit for bit: one seed fixes initialisation, shuffling and dropout, TensorFlow's
-    deterministic ops fix the order of float sums, and oneDNN must be off
-    (``TF_ENABLE_ONEDNN_OPTS=0`` before Keras is imported; this module sets it by default).
+    deterministic ops fix the order of float sums, and oneDNN must be off (the default
+    this module sets; see :func:`use_onednn`).
 
     Args:
         images: ``uint8`` array ``(n, size, size, 1)``.

@@ -7,8 +7,10 @@ Most tests call the package directly on small prepared data sets; three run the 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tracemalloc
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cxr_tutorial import logger
 from cxr_tutorial import model as cm  # first: sets the TensorFlow environment, then Keras
 from cxr_tutorial.errors import ConfigError, FormatError
 from cxr_tutorial.predictions import read_predictions, write_predictions
@@ -124,6 +127,24 @@ def test_empty_prepared_data_is_refused(cube, tmp_path):
     with pytest.raises(FormatError, match=r"has no case \(cases.csv is empty\)") as error:
         cm.check_data(open_prepared(data), cm.load_model_settings(params), params)
     assert str(data) in str(error.value)
+
+
+def test_onednn_is_chosen_before_tensorflow_starts_and_never_after(monkeypatch, caplog):
+    script = ("import os\nfrom cxr_tutorial.model import use_onednn\n"
+              "assert use_onednn(True)\nimport tensorflow\n")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "0"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "oneDNN custom operations are on" in result.stderr
+    import tensorflow  # noqa: F401  (now running, with this process's choice)
+
+    monkeypatch.setattr(logger, "propagate", True)  # let caplog see the package's records
+    current = os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert cm.use_onednn(current)
+    assert not cm.use_onednn(not current)
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == ("1" if current else "0")
+    assert "restart the kernel" in caplog.text
 
 
 # --- loading a model ----------------------------------------------------------------------
@@ -365,12 +386,15 @@ def test_the_cube_refuses_an_unknown_format_version_before_writing(cube, tmp_pat
     assert (out / "predictions.json").read_text() == '{"earlier": [0.5, 0.5]}\n'
 
 
-def test_the_benchmark_runs_on_a_few_cases(root, capsys):
+def test_the_benchmark_runs_on_a_few_cases(root, capsys, monkeypatch):
+    for name in ("handlers", "propagate", "level"):  # the script configures logging
+        monkeypatch.setattr(logger, name, copy.copy(getattr(logger, name)))
     spec = importlib.util.spec_from_file_location("bench_infer",
                                                   root / "bench" / "bench_infer.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main(["--n", "6"]) == 0  # 1 would mean the cube and the floor disagree
+    # This process already runs TensorFlow without oneDNN; the floor must match the cube.
+    assert bench.main(["--n", "6", "--onednn", "false"]) == 0  # 1: cube and floor disagree
     lines = capsys.readouterr().out.splitlines()
     row = next(line.split() for line in lines if line.split()[:1] == ["6"])
     assert len(row) == 12 and all(float(v) >= 0 for v in row if v != "|")
