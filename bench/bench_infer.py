@@ -115,6 +115,14 @@ def max_difference(predictions_file: Path, ids: list[str], probabilities: np.nda
     return float(np.max(np.abs(np.array([cube[c] for c in ids]) - probabilities)))
 
 
+def break_even(n: int, fixed_s: float, predict_s: float, floor_s: float) -> str:
+    """The N from which fixed + N * per-case cube time <= target * N * per-case floor time."""
+    margin = (TARGET_RATIO * floor_s - predict_s) / n
+    if not margin > 0:
+        return "never"
+    return f"{math.ceil(fixed_s / margin):,}"
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[TARGET_N],
@@ -130,6 +138,24 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="write the generated data and outputs here instead of a "
                              "temporary folder")
     return parser.parse_args(argv)
+
+
+def run_size(n: int, folder: Path, parameters: dict, parameters_file: Path,
+             repeat: int) -> float:
+    """Benchmark one N; print its row and return the largest cube - floor difference."""
+    data = write_cases(folder, n, parameters["image_size"], parameters["labels_list"],
+                       parameters["label_type"])
+    cube_s, predict_s, peak_mb = min(run_cube(data, parameters_file, folder / f"predictions{r}")
+                                     for r in range(repeat))
+    floor_s, probabilities, ids = min((run_floor(data, parameters_file) for _ in range(repeat)),
+                                      key=lambda run: run[0])
+    diff = max_difference(folder / "predictions0" / "predictions.json", ids, probabilities)
+    fixed_s = cube_s - predict_s
+    print(f"{n:>7} {cube_s:>8.2f} {n / cube_s:>8.0f} {floor_s:>8.2f} {n / floor_s:>8.0f} "
+          f"{cube_s / floor_s:>6.2f} | {predict_s:>9.2f} {predict_s / floor_s:>6.2f} "
+          f"{fixed_s:>7.2f} {peak_mb:>7.0f} {diff:>8.1e} "
+          f"{break_even(n, fixed_s, predict_s, floor_s):>11}", flush=True)
+    return diff
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,30 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {load} on {os.cpu_count()} CPUs; onednn {parameters['onednn']}; "
           f"batch_size {parameters['batch_size']}; best of {args.repeat}")
     header = (f"{'N':>7} {'cube s':>8} {'cases/s':>8} {'floor s':>8} {'cases/s':>8} "
-              f"{'ratio':>6} | {'predict s':>9} {'ratio':>6} {'fixed s':>7} {'peak MB':>7} "
-              f"{'max diff':>8}")
+              f"{'ratio':>6} | {'predict s':>9} {'/floor':>6} {'fixed s':>7} {'peak MB':>7} "
+              f"{'max diff':>8} {'N at target':>11}")
     print(header, flush=True)
-    worst = 0.0
-    for n in args.n:
-        folder = base / f"n{n}"
-        data = write_cases(folder, n, parameters["image_size"], parameters["labels_list"],
-                           parameters["label_type"])
-        cube_runs = [run_cube(data, parameters_file, folder / f"predictions{r}")
-                     for r in range(args.repeat)]
-        cube_s, predict_s, peak_mb = min(cube_runs)
-        floor_s, probabilities, ids = min((run_floor(data, parameters_file)
-                                           for _ in range(args.repeat)), key=lambda r: r[0])
-        diff = max_difference(folder / "predictions0" / "predictions.json", ids, probabilities)
-        worst = max(worst, diff)
-        print(f"{n:>7} {cube_s:>8.2f} {n / cube_s:>8.0f} {floor_s:>8.2f} {n / floor_s:>8.0f} "
-              f"{cube_s / floor_s:>6.2f} | {predict_s:>9.2f} {predict_s / floor_s:>6.2f} "
-              f"{cube_s - predict_s:>7.2f} {peak_mb:>7.0f} {diff:>8.1e}", flush=True)
-    print(f"cube: the infer task through the runner, kernel start included; floor: "
-          f"model.predict on the cases in memory.\npredict s: the task's prediction phase "
-          f"alone (read, predict, check); fixed s: the rest (kernel, imports, model, write).\n"
+    try:
+        worst = max(run_size(n, base / f"n{n}", parameters, parameters_file, args.repeat)
+                    for n in args.n)
+    finally:
+        if work:
+            work.cleanup()
+    print("cube: the infer task through the runner, kernel start included.\n"
+          "floor: the same model's predict on the cases held in memory.\n"
+          "predict s: the task's prediction phase alone (read, predict, check); /floor: "
+          "over floor s;\n  fixed s: the rest (kernel, imports, loading the model, writing).\n"
+          f"N at target: from how many cases the ratio would be <= {TARGET_RATIO} at this "
+          "fixed cost and\n  these speeds.\n"
           f"target: ratio <= {TARGET_RATIO} at N = {TARGET_N:,}")
-    if work:
-        work.cleanup()
     if worst > 1e-4:
         print(f"error: the cube's predictions differ from the floor's by {worst:.2g}",
               file=sys.stderr)
