@@ -427,9 +427,10 @@ def save_model(model: keras.Model, output_path: str | Path, weights_file: str) -
 def batch_predictor(model: keras.Model, image_size: int) -> Callable[[np.ndarray], np.ndarray]:
     """Compile the model once into a function that predicts one batch.
 
-    On TensorFlow this is a ``tf.function`` with a fixed signature: it is traced once,
-    for every batch size, and skips the per-call bookkeeping of ``model.predict``. Other
-    backends use ``model.predict_on_batch``.
+    On TensorFlow this is a ``tf.function`` whose signature leaves the batch size open: it
+    is traced once, serves every batch including a smaller last one, and skips the
+    per-call bookkeeping of ``model.predict``. Other backends use
+    ``model.predict_on_batch``.
 
     Args:
         model: Input ``(image_size, image_size, 1)``, output ``(n_classes,)``.
@@ -469,10 +470,11 @@ def read_ahead(items: Iterator[T]) -> Iterator[T]:
     Yields:
         The same items, in order.
     """
+    end = object()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-read-ahead") as pool:
-        pending = pool.submit(next, items, None)
-        while (item := pending.result()) is not None:
-            pending = pool.submit(next, items, None)
+        pending = pool.submit(next, items, end)
+        while (item := pending.result()) is not end:
+            pending = pool.submit(next, items, end)
             yield item
 
 

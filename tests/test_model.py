@@ -159,12 +159,14 @@ def test_missing_and_unreadable_weights_are_named(tmp_path):
         cm.load_weights(tmp_path / "broken.keras", 32, 2)
 
 
-def test_weights_for_another_number_of_classes_are_refused(tmp_path):
-    small_model(32, 3).save(tmp_path / "three.keras")
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_weights_for_another_number_of_classes_are_refused(tmp_path, suffix):
+    small_model(32, 3).save(tmp_path / f"three{suffix}")
+    assert cm.load_weights(tmp_path / f"three{suffix}", 32, 3).name == "owner_model"
     with pytest.raises(FormatError, match=r"model outputs \(3,\), but labels_list has 2 "
                                           r"classes") as error:
-        cm.load_weights(tmp_path / "three.keras", 32, 2)
-    assert str(tmp_path / "three.keras") in str(error.value)
+        cm.load_weights(tmp_path / f"three{suffix}", 32, 2)
+    assert str(tmp_path / f"three{suffix}") in str(error.value)
 
 
 def test_weights_for_another_input_size_are_refused_unless_adapted(tmp_path):
@@ -289,15 +291,15 @@ def test_an_unreadable_image_is_named(tmp_path):
 
 
 def test_read_ahead_keeps_order_and_raises_in_the_caller():
-    def items() -> Iterator[int]:
-        yield from range(3)
-        raise FormatError("third item is bad")
+    def items() -> Iterator[int | None]:
+        yield from (0, None, 2)
+        raise FormatError("fourth item is bad")
 
     seen = []
-    with pytest.raises(FormatError, match="third item is bad"):
+    with pytest.raises(FormatError, match="fourth item is bad"):
         for item in cm.read_ahead(items()):
             seen.append(item)
-    assert seen == [0, 1, 2]
+    assert seen == [0, None, 2]
 
 
 def test_streaming_memory_does_not_grow_with_the_number_of_cases(tmp_path):
