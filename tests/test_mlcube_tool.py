@@ -210,7 +210,10 @@ def test_chained_outputs_are_real(chain: Chain):
     predictions = json.loads((base / "predictions" / "predictions.json").read_text())
     assert len(predictions) == 16
     results = yaml.safe_load((base / "results" / "results.yaml").read_text())
-    assert results["n_cases"] == 16 and results["overall"]["accuracy"] >= 0.75
+    # Threshold figures are withheld at 16 cases (a handful of misses is a small cell);
+    # AUC and loss are released and show the shipped model still fits the demo.
+    assert results["n_cases"] == 16 and results["overall"]["auc_macro"] >= 0.75
+    assert 0.0 < results["overall"]["loss"] < 0.69
     assert (base / "trained" / "weights.keras").stat().st_size > 0
 
 
