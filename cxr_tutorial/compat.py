@@ -233,9 +233,12 @@ def summary_text(results: list[TaskResult], metrics: dict[str, Any], output: Pat
     """What ``cxr-tutorial test`` prints after a passing run: tasks, metrics, outputs."""
     lines = [f"Compatibility test passed ({len(results)} tasks):"]
     lines += [f"  {r.cube:<22} {r.task:<13} {r.seconds:5.1f} s" for r in results]
+    shown = output.relative_to(Path.cwd()) if output.is_relative_to(Path.cwd()) else output
     lines += ["", "Metrics (results.yaml):", format_metrics(metrics), "",
-              f"Everything was written to {output}:"]
-    lines += [f"  {output / name}" for name in OUTPUTS]
+              f"Everything was written to {shown}:"]
+    lines += [f"  {shown / name}" for name in OUTPUTS]
+    lines += ["Open report.html in a browser: results, outputs, times and each executed "
+              "notebook."]
     return "\n".join(lines)
 
 

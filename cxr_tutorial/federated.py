@@ -468,12 +468,10 @@ def _guarded(step: Step, logs: Path, kernels: KernelPool) -> TaskRecord:
     return record
 
 
-def _run_site(plan: BenchmarkPlan, site: Site, models: list[tuple[str, Path, str]],
-              metrics_name: str) -> SiteRun:
-    """Everything one site does, in order; failures are recorded, never raised."""
-    _context.site = site.name
+def _site_steps(plan: BenchmarkPlan, site: Site, models: list[str],
+                metrics_name: str) -> tuple[list[Step], dict[str, list[Step]]]:
+    """The Data Preparator's three steps, and each model's infer and evaluate, at a site."""
     folder = plan.site_folder(site.name)
-    logs, owner = folder / "logs", plan.owner / site.name
     data, labels = folder / "prepared" / "data", folder / "prepared" / "labels"
     prep = [
         Step(plan.data_preparator, "prepare", {
@@ -484,54 +482,66 @@ def _run_site(plan: BenchmarkPlan, site: Site, models: list[tuple[str, Path, str
             "data_path": data, "labels_path": labels,
             "output_path": folder / "statistics.yaml"}),
     ]
-    chains = {name: [
-        Step(cube, "infer", {"data_path": data,
-                             "output_path": folder / "models" / name / "predictions"}),
-        Step(plan.metrics, "evaluate", {
-            "predictions": folder / "models" / name / "predictions", "labels": labels,
-            "output_path": folder / "models" / name / "results.yaml"},
-             log_name=f"{metrics_name}.evaluate.{name}.ipynb"),  # one log per model
-    ] for name, cube, _ in models}
+    chains = {}
+    for name, cube in zip(models, plan.models):
+        work = folder / "models" / name
+        chains[name] = [
+            Step(cube, "infer", {"data_path": data, "output_path": work / "predictions"}),
+            Step(plan.metrics, "evaluate", {
+                "predictions": work / "predictions", "labels": labels,
+                "output_path": work / "results.yaml"},
+                 log_name=f"{metrics_name}.evaluate.{name}.ipynb"),  # one log per model
+        ]
+    return prep, chains
+
+
+def _failed_cell(name: str, site: Site, record: TaskRecord) -> Cell:
+    return Cell(name, site.name, FAILED, failed_task=record.task, log=record.log,
+                message=record.message)
+
+
+def _run_site(plan: BenchmarkPlan, site: Site, models: list[tuple[str, Path, str]],
+              metrics_name: str) -> SiteRun:
+    """Everything one site does, in order; failures are recorded, never raised."""
+    _context.site = site.name
+    folder = plan.site_folder(site.name)
+    logs, owner = folder / "logs", plan.owner / site.name
+    prep, chains = _site_steps(plan, site, [m[0] for m in models], metrics_name)
     tasks: list[TaskRecord] = []
     failures: dict[str, Cell] = {}
     try:
         with KernelPool(len(prep) + sum(len(c) for c in chains.values())) as kernels:
             for step in prep:
                 tasks.append(_guarded(step, logs, kernels))
-                if tasks[-1].status == FAILED:
-                    break
-            if tasks[-1].status == FAILED:
-                bad = tasks[-1]
-                tasks += [not_run(s) for s in prep[len(tasks):]]
-                for name, _, _ in models:
-                    tasks += [not_run(s) for s in chains[name]]
-                    failures[name] = Cell(name, site.name, FAILED, failed_task=bad.task,
-                                          log=bad.log, message=bad.message)
-                return SiteRun(site, folder, tasks, failures)
+                if tasks[-1].status == FAILED:  # nothing else can run at this site
+                    bad = tasks[-1]
+                    tasks += [not_run(s) for s in prep[len(tasks):]]
+                    for name, chain in chains.items():
+                        tasks += [not_run(s) for s in chain]
+                        failures[name] = _failed_cell(name, site, bad)
+                    return SiteRun(site, folder, tasks, failures)
             _release(folder / "statistics.yaml", owner / "statistics.yaml")
             for name, _, load_error in models:
+                infer, evaluate = chains[name]
                 if load_error:
-                    tasks += [dataclasses.replace(not_run(chains[name][0]), status=FAILED,
-                                                  message=load_error),
-                              not_run(chains[name][1])]
-                    failures[name] = Cell(name, site.name, FAILED, failed_task="infer",
-                                          message=load_error)
+                    tasks.append(dataclasses.replace(not_run(infer), status=FAILED,
+                                                     message=load_error))
+                    failures[name] = _failed_cell(name, site, tasks[-1])
+                    tasks.append(not_run(evaluate))
                     continue
-                for step in chains[name]:
-                    tasks.append(_guarded(step, logs, kernels))
-                    if tasks[-1].status == FAILED:
-                        bad = tasks[-1]
-                        failures[name] = Cell(name, site.name, FAILED, failed_task=bad.task,
-                                              log=bad.log, message=bad.message)
-                        if step.task == "infer":
-                            tasks.append(not_run(chains[name][1]))
-                        break
+                tasks.append(_guarded(infer, logs, kernels))
+                if tasks[-1].status != FAILED:
+                    tasks.append(_guarded(evaluate, logs, kernels))
                 else:
-                    _release(folder / "models" / name / "results.yaml",
-                             owner / name / "results.yaml")
+                    tasks.append(not_run(evaluate))
+                bad = next((t for t in tasks[-2:] if t.status == FAILED), None)
+                if bad is not None:
+                    failures[name] = _failed_cell(name, site, bad)
+                else:
+                    _release(evaluate.parameters["output_path"], owner / name / "results.yaml")
     except Exception as exc:  # noqa: BLE001 - e.g. a full disk while copying: report it
         logger.exception("site stopped unexpectedly")
-        for name, _, _ in models:
+        for name in chains:
             failures.setdefault(name, Cell(name, site.name, FAILED,
                                            message=f"{type(exc).__name__}: {exc}"))
     finally:

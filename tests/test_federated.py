@@ -191,7 +191,7 @@ def test_second_model_cube_reuses_infer_with_its_own_architecture(root):
 @pytest.fixture(scope="module")
 def benchmark(root: Path, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, dict]:
     """`cxr-tutorial benchmark` on two demo sites plus a broken one, with the reference
-    model and a model cube whose weights file is corrupt."""
+    model, a model cube whose weights file is corrupt and one whose manifest is empty."""
     tmp = tmp_path_factory.mktemp("federated")
     sites = make_demo_sites(tmp / "exports", names=["clinic-east", "practice-west"])
     broken_site = tmp / "exports" / "broken-site"
@@ -205,12 +205,15 @@ def benchmark(root: Path, tmp_path_factory) -> tuple[subprocess.CompletedProcess
         manifest.replace("cxr-model-owner-example", BROKEN)
         .replace("notebooks/05_infer.ipynb", str(root / "notebooks" / "05_infer.ipynb")))
     (cube / "workspace" / "additional_files" / "weights.keras").write_bytes(b"not a model")
+    (tmp / "unloadable").mkdir()
+    (tmp / "unloadable" / "mlcube.yaml").write_text("name: unloadable\n")
     before = {"demo": _digest(root / "demo_data"), "exports": _digest(tmp / "exports")}
     out = tmp / "run"
     result = subprocess.run(
         [sys.executable, "-m", "cxr_tutorial.cli", "benchmark", "--site", str(sites[0].data_path.parent),
          "--site", str(sites[1].data_path.parent), "--site", str(broken_site),
          "--model", str(root / "mlcubes" / "model_custom_cnn"), "--model", str(cube),
+         "--model", str(tmp / "unloadable"),
          "--output", str(out), "--jobs", "2"],
         cwd=tmp, capture_output=True, text=True, timeout=900)
     before["exports_after"] = _digest(tmp / "exports")
@@ -222,7 +225,7 @@ def test_failures_are_reported_and_do_not_stop_the_others(benchmark):
     result, out, _ = benchmark
     assert result.returncode == 1, result.stderr[-3000:]
     rows = {line.split()[0]: line for line in result.stdout.splitlines()
-            if line.startswith(("cxr-model-", "model "))}
+            if line.startswith(("cxr-model-", "model ", "unloadable "))}
     assert rows["model"].split()[1:4] == ["clinic-east", "practice-west", "broken-site"]
     reference = rows[REFERENCE].split()
     assert float(reference[1]) > 0 and reference[2] == "withheld"
@@ -233,6 +236,9 @@ def test_failures_are_reported_and_do_not_stop_the_others(benchmark):
     assert f"FAILED {BROKEN} at clinic-east (infer):\n    task 'infer' of {BROKEN} failed" \
         in result.stdout
     assert "FormatError" in result.stdout and "kept as the log" in result.stdout
+    assert rows["unloadable"].split()[1:5] == ["failed", "(infer)", "failed", "(infer)"]
+    assert "the cube could not be loaded" in result.stdout and "no tasks defined" in \
+        result.stdout
     assert "unknown class 'nromal'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -327,4 +333,4 @@ def test_report_shows_the_table_and_its_links_resolve(benchmark):
     logs = [href for row in page.cell_links["tasks-clinic-east"][1:] for href in row[-1]]
     assert len(logs) == 2 * 6 and len(set(logs)) == len(logs)  # one log per task run
     assert page.tables["tasks-broken-site"][1][3] == "failed"
-    assert [row[3] for row in page.tables["tasks-broken-site"][2:]] == ["not run"] * 6
+    assert [row[3] for row in page.tables["tasks-broken-site"][2:]] == ["not run"] * 8
