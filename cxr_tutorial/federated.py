@@ -383,7 +383,7 @@ def table_text(summary: dict[str, Any], metric: str | None = None) -> str:
     """:func:`table_rows` as aligned plain text."""
     rows = table_rows(summary, metric)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -483,7 +483,7 @@ def _site_steps(plan: BenchmarkPlan, site: Site, models: list[str],
             "output_path": folder / "statistics.yaml"}),
     ]
     chains = {}
-    for name, cube in zip(models, plan.models):
+    for name, cube in zip(models, plan.models, strict=True):
         work = folder / "models" / name
         chains[name] = [
             Step(cube, "infer", {"data_path": data, "output_path": work / "predictions"}),

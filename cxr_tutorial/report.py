@@ -70,7 +70,14 @@ def _page(title: str, body: str, css: str = _CSS) -> str:
 
 
 def _table(headers: list[str], rows: Iterable[list[str]], table_id: str = "") -> str:
-    """An HTML table; ``headers`` are escaped, cells must already be HTML."""
+    """An HTML table.
+
+    Args:
+        headers: Column titles (plain text; escaped here).
+        rows: Cells as HTML; a cell that is already a ``<td ...>`` element (to carry a
+            class) is used as it is, any other is wrapped in one.
+        table_id: The table's ``id``, by which tests and readers find it.
+    """
     attr = f' id="{_e(table_id)}"' if table_id else ""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(cell if cell.startswith("<td") else f"<td>{cell}</td>"
@@ -106,10 +113,8 @@ def describe_output(path: Path) -> str:
     files = [p for p in path.rglob("*") if p.is_file()]
     parts = []
     for entry in sorted(path.iterdir()):
-        if entry.is_dir():
-            parts.append(f"{entry.name}/ ({_files(sum(1 for p in entry.rglob('*') if p.is_file()))})")
-        else:
-            parts.append(entry.name)
+        inside = sum(1 for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else 0
+        parts.append(f"{entry.name}/ ({_files(inside)})" if entry.is_dir() else entry.name)
     shown = ", ".join(parts[:6]) + (f", ... ({len(parts) - 6} more)" if len(parts) > 6 else "")
     return f"{_files(len(files))}, {_size(sum(p.stat().st_size for p in files))}: {shown}"
 
@@ -146,7 +151,7 @@ def render_notebooks(logs: Iterable[Path], folder: Path) -> dict[Path, Path]:
         header = (f"<p class=\"note\">Executed notebook <code>{_e(log.name)}</code>, rendered "
                   f"by cxr-tutorial {__version__}. The original: "
                   f"<a href=\"{_href(log, page.parent)}\">{_e(log.name)}</a>.</p>")
-        page.write_text(_page(log.name, header + body, css), encoding="utf-8")
+        _write(page, _page(log.name, header + body, css))
         pages[log] = page
     return pages
 
@@ -160,6 +165,9 @@ def _log_links(record: TaskRecord, pages: dict[Path, Path], base: Path) -> str:
         links.append(f'<a href="{_href(pages[record.log], base)}">rendered</a>')
     links.append(f'<a href="{_href(record.log, base)}">{_e(record.log.name)}</a>')
     return " · ".join(links)
+
+
+_TASK_HEADERS = ["#", "cube", "task", "status", "time", "what it wrote", "log"]
 
 
 def _task_rows(records: list[TaskRecord], pages: dict[Path, Path], base: Path) -> list[list[str]]:
@@ -177,9 +185,6 @@ def _task_rows(records: list[TaskRecord], pages: dict[Path, Path], base: Path) -
                      f'<td class="number">{seconds}</td>', wrote or "",
                      _log_links(record, pages, base)])
     return rows
-
-
-_TASK_HEADERS = ["#", "cube", "task", "status", "time", "what it wrote", "log"]
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -253,8 +258,15 @@ def write_test_report(
     if not failed and statistics.is_file():
         body += ["<h2>Statistics (<code>statistics.yaml</code>)</h2>",
                  f"<pre>{_e(statistics.read_text(encoding='utf-8'))}</pre>"]
-    path = out / "report.html"
-    path.write_text(_page(f"Compatibility test {verdict}", "\n".join(body)), encoding="utf-8")
+    return _write(out / "report.html", _page(f"Compatibility test {verdict}", "\n".join(body)))
+
+
+def _write(path: Path, text: str) -> Path:
+    """Write a page whole or not at all (through a temporary file beside it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
     return path
 
 
@@ -390,7 +402,5 @@ def write_benchmark_report(run: BenchmarkRun) -> Path:
                  "tasks.</p>",
                  _table(_TASK_HEADERS, _task_rows(site_run.tasks, pages, out),
                         f"tasks-{site_run.site.name}")]
-    path = out / "report.html"
     title = f"Federated evaluation ({len(failed)} failed)" if failed else "Federated evaluation"
-    path.write_text(_page(title, "\n".join(body)), encoding="utf-8")
-    return path
+    return _write(out / "report.html", _page(title, "\n".join(body)))

@@ -13,6 +13,7 @@ from pathlib import Path
 import papermill
 import pytest
 import yaml
+from html_pages import broken_links, link_target, read_page
 
 from cxr_tutorial.errors import ConfigError
 from cxr_tutorial.federated import (
@@ -28,7 +29,6 @@ from cxr_tutorial.federated import (
 from cxr_tutorial.images import sniff_format
 from cxr_tutorial.mlcube import load_cube
 from cxr_tutorial.sites import MARKER, Site, describe_site, make_demo_sites
-from html_pages import broken_links, link_target, read_page
 
 REFERENCE, BROKEN = "cxr-model-custom-cnn", "cxr-model-broken"
 DEMO_HEADER_VALUES = ["FICTITIOUS", "DEMO-1", "Demo General Hospital", "DEMOACC"]
@@ -210,8 +210,9 @@ def benchmark(root: Path, tmp_path_factory) -> tuple[subprocess.CompletedProcess
     before = {"demo": _digest(root / "demo_data"), "exports": _digest(tmp / "exports")}
     out = tmp / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "cxr_tutorial.cli", "benchmark", "--site", str(sites[0].data_path.parent),
-         "--site", str(sites[1].data_path.parent), "--site", str(broken_site),
+        [sys.executable, "-m", "cxr_tutorial.cli", "benchmark",
+         "--site", str(sites[0].data_path.parent), "--site", str(sites[1].data_path.parent),
+         "--site", str(broken_site),
          "--model", str(root / "mlcubes" / "model_custom_cnn"), "--model", str(cube),
          "--model", str(tmp / "unloadable"),
          "--output", str(out), "--jobs", "2"],

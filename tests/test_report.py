@@ -10,10 +10,10 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from html_pages import broken_links, link_target, read_page
 
 from cxr_tutorial.compat import TaskRecord, TestPlan
 from cxr_tutorial.report import describe_output, render_notebooks, write_test_report
-from html_pages import broken_links, link_target, read_page
 
 
 def _executed_notebook(path: Path, printed: str) -> Path:

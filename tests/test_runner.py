@@ -12,8 +12,8 @@ import nbformat
 import pytest
 
 from cxr_tutorial.compat import TestPlan, plan_steps, run_step
-from cxr_tutorial.prepared import read_prepared_labels
 from cxr_tutorial.predictions import write_predictions
+from cxr_tutorial.prepared import read_prepared_labels
 from cxr_tutorial.runner import KernelPool, execute_notebook
 
 HEAVY = ("tensorflow", "keras")
