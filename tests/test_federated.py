@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import papermill
 import pytest
 import yaml
 from html_pages import broken_links, link_target, read_page
+from test_end_to_end import DEMO_HEADER_VALUES, _digest
 
 from cxr_tutorial.errors import ConfigError
 from cxr_tutorial.federated import (
@@ -31,15 +31,6 @@ from cxr_tutorial.mlcube import load_cube
 from cxr_tutorial.sites import MARKER, Site, describe_site, make_demo_sites
 
 REFERENCE, BROKEN = "cxr-model-custom-cnn", "cxr-model-broken"
-DEMO_HEADER_VALUES = ["FICTITIOUS", "DEMO-1", "Demo General Hospital", "DEMOACC"]
-
-
-def _digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 # --- demo sites -----------------------------------------------------------------------------
