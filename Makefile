@@ -6,13 +6,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUTPUT ?= runs/demo
+BENCHMARK_OUTPUT ?= runs/benchmark
 
-.PHONY: demo test lab lock clean help
+.PHONY: demo test lab lock clean help benchmark bench
 
 help:
 	@echo "make demo   install (once) and run the compatibility test on the demo data"
 	@echo "make test   install (once) and run the test suite"
 	@echo "make lab    open the tutorial in JupyterLab"
+	@echo "make benchmark  federated evaluation: both models at three simulated sites"
+	@echo "make bench  time the runner against a plain-Python floor (bench/bench_runner.py)"
 	@echo "make lock   regenerate requirements.lock from pyproject.toml"
 	@echo "make clean  remove .venv, runs/ and tutorial_outputs/"
 
@@ -29,6 +32,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+benchmark: $(STAMP)
+	$(BIN)/cxr-tutorial benchmark --output $(BENCHMARK_OUTPUT) --jobs 2
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_runner.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -85,7 +85,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     run = run_benchmark(plan)
     print(f"\n{args.metric} of {len(run.models)} model(s) at {len(sites)} site(s):")
     print(table_text(run.summary))
-    print(f"\n{POOLING_RULE}")
+    print("\n" + textwrap.fill(POOLING_RULE, 92))
     for cell in run.failed:
         print(f"\nFAILED {cell.model} at {cell.site} ({cell.failed_task or '?'}):")
         print(textwrap.indent(cell.message.strip() or "(no message)", "    "))
