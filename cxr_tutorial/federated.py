@@ -323,6 +323,9 @@ def summarise(
             cells[key] = Cell(key[0], key[1], status, results)
     names = figure_names([c.results for c in cells.values() if c.results])
     if metric not in names:
+        if names:
+            logger.warning("no released results hold a figure named %r; they hold %s",
+                           metric, ", ".join(names))
         names.insert(0, metric)
     table: dict[str, Any] = {}
     pooled: dict[str, Any] = {}
@@ -571,6 +574,11 @@ def _load_models(paths: tuple[Path, ...]) -> list[tuple[str, Path, str]]:
 def _prepare_output(plan: BenchmarkPlan) -> None:
     """Claim the output folder; clear the owner's folder and the planned sites' folders."""
     out = plan.output
+    for site in plan.sites:
+        for private in (out / "sites", plan.owner):
+            if site.data_path.is_relative_to(private):
+                raise ConfigError(f"site {site.name}: its export {site.data_path} lies inside "
+                                  f"{private}, which each run clears; keep exports elsewhere")
     ours = (out / MARKER).is_file()
     if not ours and any((out / sub).exists() for sub in ("owner", "sites")):
         raise ConfigError(f"{out} already holds owner/ or sites/ that cxr-tutorial benchmark "

@@ -23,6 +23,7 @@ from cxr_tutorial.federated import (
     _release,
     figure,
     pool,
+    run_benchmark,
     summarise,
     table_text,
 )
@@ -82,6 +83,22 @@ def test_site_folder_and_plan_are_checked(root, tmp_path):
         BenchmarkPlan.with_defaults(tmp_path / "out", [site], models=[tmp_path / "none"])
     plan = BenchmarkPlan.with_defaults(tmp_path / "out", [site])
     assert [m.name for m in plan.models] == ["model_custom_cnn", "model_owner_example"]
+
+
+def test_output_folders_that_a_run_would_clear_are_refused(tmp_path):
+    inside = tmp_path / "out" / "sites" / "a"
+    for sub in ("images", "labels"):
+        (inside / sub).mkdir(parents=True)
+    plan = BenchmarkPlan.with_defaults(tmp_path / "out", [Site.from_folder(inside)])
+    with pytest.raises(ConfigError, match="lies inside .*sites, which each run clears"):
+        run_benchmark(plan)
+    assert (inside / "images").is_dir()
+    (tmp_path / "theirs" / "owner").mkdir(parents=True)
+    (tmp_path / "theirs" / "owner" / "notes.txt").write_text("keep me")
+    plan = BenchmarkPlan.with_defaults(tmp_path / "theirs", [Site.from_folder(inside)])
+    with pytest.raises(ConfigError, match="did not write; choose a new or empty output"):
+        run_benchmark(plan)
+    assert (tmp_path / "theirs" / "owner" / "notes.txt").read_text() == "keep me"
 
 
 def test_only_released_file_names_may_leave(tmp_path):
