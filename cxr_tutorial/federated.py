@@ -30,6 +30,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -65,6 +66,12 @@ POOLING_RULE = (
 
 WITHHELD, FAILED, NOT_COMPUTED = "withheld", "failed", "n/a"
 
+DEFAULT_METRIC = "loss"
+"""The figure of the main table: the loss reveals no count, so the Metrics cube withholds
+it only at a site too small for any figure, and weighting by cases pools it exactly.
+Threshold figures such as accuracy can be withheld wherever a model makes a few mistakes
+of a kind; every figure is in ``benchmark.yaml`` and the report all the same."""
+
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkPlan:
@@ -86,7 +93,7 @@ class BenchmarkPlan:
     data_preparator: Path
     metrics: Path
     jobs: int = 1
-    metric: str = "accuracy"
+    metric: str = DEFAULT_METRIC
 
     @classmethod
     def with_defaults(
@@ -97,7 +104,7 @@ class BenchmarkPlan:
         data_preparator: str | Path | None = None,
         metrics: str | Path | None = None,
         jobs: int = 1,
-        metric: str = "accuracy",
+        metric: str = DEFAULT_METRIC,
     ) -> BenchmarkPlan:
         """Fill the cubes not given with the repository's, and check the plan.
 
@@ -218,12 +225,14 @@ def figure(results: dict[str, Any] | None, name: str) -> float | str:
 
     Args:
         results: The content of ``results.yaml``.
-        name: A key of its ``overall`` section, e.g. ``accuracy``.
+        name: A key of its ``overall`` section, e.g. ``loss``.
 
     Returns:
-        The value; ``"withheld"`` if the file withholds it (all figures when ``n_cases``
-        is not a number, a ``"<5"``-style string, or a null or absent figure that the
-        ``withheld`` list explains); ``"n/a"`` if the figure is not part of the results.
+        The value; ``"withheld"`` when the file withholds it (every figure when
+        ``n_cases`` is not a number; a ``"withheld"`` or ``"<5"``-style string; a figure
+        named in the ``withheld`` list; a null figure of a file that lists withheld
+        classes but has no ``undefined`` list); otherwise ``"n/a"``: undefined on the
+        site's data (null, explained under ``undefined``) or not a figure of the file.
     """
     if results is None:
         return NOT_COMPUTED
@@ -233,10 +242,11 @@ def figure(results: dict[str, Any] | None, name: str) -> float | str:
     value = overall.get(name)
     if _is_number(value):
         return float(value)
-    reasons = [str(r) for r in results.get("withheld") or []]
-    if isinstance(value, str) or (name in overall and reasons):
+    withheld = [str(reason) for reason in results.get("withheld") or []]
+    named = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")  # accuracy, not balanced_accuracy
+    if isinstance(value, str) or any(named.search(reason) for reason in withheld):
         return WITHHELD
-    if name not in overall and any(name in reason for reason in reasons):
+    if name in overall and withheld and "undefined" not in results:
         return WITHHELD
     return NOT_COMPUTED
 
@@ -297,7 +307,7 @@ def summarise(
     sites: list[str],
     models: list[str],
     failures: dict[tuple[str, str], Cell],
-    metric: str = "accuracy",
+    metric: str = DEFAULT_METRIC,
 ) -> tuple[dict[str, Any], dict[tuple[str, str], Cell]]:
     """Build the owner's table from the owner's folder and the list of failed cells.
 
@@ -376,8 +386,9 @@ def table_rows(summary: dict[str, Any], metric: str | None = None) -> list[list[
             else:
                 row.append(shown_value(entry.get(metric, NOT_COMPUTED)))
         pooled = summary["pooled"][model][metric]
-        row.append(f"{shown_value(pooled['value'])} ({pooled['sites']} sites, {pooled['cases']} "
-                   "cases)" if pooled["value"] is not None else "none (0 sites)")
+        sites = f"{pooled['sites']} site" + ("s" if pooled["sites"] != 1 else "")
+        row.append(f"{shown_value(pooled['value'])} ({sites}, {pooled['cases']} cases)"
+                   if pooled["value"] is not None else "none (0 sites)")
         rows.append(row)
     return rows
 

@@ -375,11 +375,18 @@ def write_benchmark_report(run: BenchmarkRun) -> Path:
                     f"<code>{_e(cell.failed_task or '?')}</code> failed.{where}</p>"
                     f"<pre>{_e(cell.message)}</pre></div>")
     others = [n for n in summary["figures"] if n != metric]
+    shown = [n for n in others if any(not isinstance(cell.get(n), str)
+                                      for row in summary["table"].values()
+                                      for cell in row.values() if n in cell)]
     if others:
         body.append("<h2>Other figures</h2>")
-        for name in others:
+        for name in shown:
             body += [f"<h3><code>{_e(name)}</code></h3>",
                      _figure_table(run, name, pages, f"table-{name}")]
+        hidden = [n for n in others if n not in shown]
+        if hidden:
+            body.append(f"<p>Released by no site (withheld or undefined everywhere): "
+                        f"{', '.join(f'<code>{_e(n)}</code>' for n in hidden)}.</p>")
     body += ["<h2>What the benchmark owner received</h2>",
              f"<p>Only these files crossed from the sites to <code>{_e(run.plan.owner)}</code>"
              "; the table above was built from them alone.</p>",

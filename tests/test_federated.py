@@ -122,6 +122,17 @@ def test_figure_shows_values_withheld_and_not_computed():
     assert figure({"n_cases": 9, "overall": {"loss": 0.2},
                    "withheld": ["overall.accuracy: too few cases"]}, "accuracy") == "withheld"
     assert figure({"n_cases": 9, "overall": {"auc_macro": None}}, "auc_macro") == "n/a"
+    # Results that mark each figure: "withheld" with a reason, null when undefined.
+    marked = {"n_cases": 16, "overall": {"loss": 0.3, "accuracy": "withheld",
+                                         "auc_macro": None},
+              "withheld": ["overall: accuracy, balanced_accuracy: a count of 1 to 4"],
+              "undefined": ["overall.auc_macro: no class has a released value"]}
+    assert figure(marked, "loss") == 0.3
+    assert figure(marked, "accuracy") == "withheld"
+    assert figure(marked, "balanced_accuracy") == "withheld"  # absent, named as withheld
+    assert figure(marked, "auc_macro") == "n/a"
+    assert figure({"n_cases": 9, "overall": {}, "withheld": ["overall: balanced_accuracy: few"],
+                   "undefined": []}, "accuracy") == "n/a"
 
 
 def test_pool_weights_by_released_cases_and_leaves_out_the_rest():
@@ -148,7 +159,8 @@ def test_summary_is_built_from_the_owner_folder_alone(tmp_path):
     _write_results(owner, "big", "m2", {"n_cases": 30, "overall": {"accuracy": 0.5}})
     failed = {("m2", "mid"): Cell("m2", "mid", FAILED, failed_task="infer",
                                   log=tmp_path / "infer.ipynb")}
-    summary, cells = summarise(owner, ["big", "mid", "tiny"], ["m1", "m2"], failed)
+    summary, cells = summarise(owner, ["big", "mid", "tiny"], ["m1", "m2"], failed,
+                               metric="accuracy")
     assert summary["figures"] == ["accuracy", "loss", "auc_macro"]
     assert summary["pooled"]["m1"]["accuracy"] == {
         "value": 0.7, "sites": 2, "cases": 40, "left_out": ["tiny"]}
@@ -239,7 +251,7 @@ def test_failures_are_reported_and_do_not_stop_the_others(benchmark):
     reference = rows[REFERENCE].split()
     assert float(reference[1]) > 0 and reference[2] == "withheld"
     assert reference[3:5] == ["failed", "(prepare)"]
-    assert "(1 sites, 8 cases)" in rows[REFERENCE]
+    assert "(1 site, 8 cases)" in rows[REFERENCE]
     assert rows[BROKEN].split()[1:7] == ["failed", "(infer)", "failed", "(infer)",
                                          "failed", "(prepare)"]
     assert f"FAILED {BROKEN} at clinic-east (infer):\n    task 'infer' of {BROKEN} failed" \
@@ -298,10 +310,11 @@ def test_summary_pools_released_sites_and_points_at_logs(benchmark):
     summary = yaml.safe_load((out / "owner" / "benchmark.yaml").read_text())
     released = yaml.safe_load((out / "owner" / "clinic-east" / REFERENCE / "results.yaml")
                               .read_text())
-    accuracy = summary["pooled"][REFERENCE]["accuracy"]
-    assert accuracy == {"value": released["overall"]["accuracy"], "sites": 1, "cases": 8,
-                        "left_out": ["practice-west", "broken-site"]}
-    assert summary["pooled"][BROKEN]["accuracy"]["sites"] == 0
+    assert summary["metric"] == "loss"
+    loss = summary["pooled"][REFERENCE]["loss"]
+    assert loss == {"value": released["overall"]["loss"], "sites": 1, "cases": 8,
+                    "left_out": ["practice-west", "broken-site"]}
+    assert summary["pooled"][BROKEN]["loss"]["sites"] == 0
     assert summary["table"][REFERENCE]["practice-west"]["status"] == "withheld"
     failed_prep = summary["table"][REFERENCE]["broken-site"]
     assert failed_prep["status"] == "failed" and failed_prep["task"] == "prepare"
@@ -311,7 +324,7 @@ def test_summary_pools_released_sites_and_points_at_logs(benchmark):
     assert failed_model["task"] == "infer" and log.is_file()
     assert "cannot load Keras model" in log.read_text()
     csv_rows = (out / "owner" / "table.csv").read_text().splitlines()
-    assert csv_rows[1].split(",")[:4] == [REFERENCE, str(released["overall"]["accuracy"]),
+    assert csv_rows[1].split(",")[:4] == [REFERENCE, str(released["overall"]["loss"]),
                                           "withheld", "failed"]
 
 
@@ -324,7 +337,7 @@ def test_report_shows_the_table_and_its_links_resolve(benchmark):
     assert main[0] == ["model", "clinic-east", "practice-west", "broken-site", "pooled",
                        "sites pooled", "cases pooled"]
     reference = next(row for row in main if row[0] == REFERENCE)
-    assert reference[1] == str(summary["table"][REFERENCE]["clinic-east"]["accuracy"])
+    assert reference[1] == str(summary["table"][REFERENCE]["clinic-east"]["loss"])
     assert reference[2] == "withheld"
     assert reference[3].startswith("failed (prepare)")
     assert reference[5:] == ["1", "8"]
