@@ -6,11 +6,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUTPUT ?= runs/demo
+BENCHMARK_OUTPUT ?= runs/benchmark
 
 MLCUBE_VENV ?= .venv-mlcube
 MLCUBE_STAMP := $(MLCUBE_VENV)/.installed
 
 .PHONY: demo test lab lock clean help mlcube-venv container-configs container-test
+.PHONY: benchmark bench
 
 help:
 	@echo "make demo   install (once) and run the compatibility test on the demo data"
@@ -20,6 +22,8 @@ help:
 	@echo "make browser-test  run every chapter in JupyterLab in headless chromium"
 	@echo "make record-outputs  store the outputs of cells marked nbval-check-output"
 	@echo "make clean-notebooks strip outputs and execution counts from the chapters"
+	@echo "make benchmark  federated evaluation: both models at three simulated sites"
+	@echo "make bench  time the runner against a plain-Python floor (bench/bench_runner.py)"
 	@echo "make lock   regenerate requirements.lock from pyproject.toml"
 	@echo "make clean  remove .venv, runs/ and tutorial_outputs/"
 	@echo "make mlcube-venv        the real mlcube tool in $(MLCUBE_VENV) (make test uses it)"
@@ -39,6 +43,12 @@ demo: $(STAMP)
 
 test: $(STAMP) $(MLCUBE_STAMP)
 	$(BIN)/python -m pytest
+
+benchmark: $(STAMP)
+	$(BIN)/cxr-tutorial benchmark --output $(BENCHMARK_OUTPUT) --jobs 2
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_runner.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/

@@ -2,7 +2,8 @@
 
 ``cxr-tutorial run --mlcube DIR --task TASK [key=value ...]`` runs one task natively, like
 ``mlcube run``. ``cxr-tutorial test`` runs the compatibility test, like
-``medperf test run``. Errors this package raises on purpose are printed as one message,
+``medperf test run``. ``cxr-tutorial benchmark`` runs a federated evaluation across sites
+on this machine. Errors this package raises on purpose are printed as one message,
 without a traceback, and the command exits with status 1.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 from cxr_tutorial import __version__
 from cxr_tutorial.errors import ConfigError, CxrTutorialError
@@ -31,19 +32,6 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     return overrides
 
 
-def _format_metrics(metrics: dict[str, Any]) -> str:
-    """Render results.yaml as a short table for the terminal."""
-    lines = [f"cases: {metrics.get('n_cases')}   classes: {', '.join(metrics['labels_list'])}"]
-    for name, value in (metrics.get("overall") or {}).items():
-        lines.append(f"  {name:<22} {value}")
-    for cls, figures in (metrics.get("per_class") or {}).items():
-        shown = "  ".join(f"{k}={v}" for k, v in figures.items())
-        lines.append(f"  {cls:<22} {shown}")
-    for reason in metrics.get("withheld") or []:
-        lines.append(f"  withheld: {reason}")
-    return "\n".join(lines)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run one task."""
     from cxr_tutorial.runner import run_task
@@ -58,25 +46,73 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    """Run the compatibility test and print its metrics."""
-    from cxr_tutorial.compat import TestPlan, run_compatibility_test
+    """Run the compatibility test, print its metrics and where its report is."""
+    from cxr_tutorial.compat import TestPlan, run_compatibility_test, summary_text
 
     output = args.output or Path("runs") / time.strftime("test-%Y%m%d-%H%M%S")
     plan = TestPlan.with_defaults(
         output, data_path=args.data_path, labels_path=args.labels_path,
         data_preparator=args.data_preparator, model=args.model, metrics=args.metrics,
     )
-    results, metrics = run_compatibility_test(plan)
-    print(f"Compatibility test passed ({len(results)} tasks):")
-    for result in results:
-        print(f"  {result.cube:<22} {result.task:<13} {result.seconds:5.1f} s")
-    print("\nMetrics (results.yaml):")
-    print(_format_metrics(metrics))
-    print(f"\nEverything was written to {plan.output}:")
-    for name in ("prepared/data", "prepared/labels", "statistics.yaml", "predictions",
-                 "results.yaml", "logs"):
-        print(f"  {plan.output / name}")
+    report = plan.output / "report.html"
+    try:
+        results, metrics = run_compatibility_test(plan)
+    except CxrTutorialError as exc:
+        print(f"cxr-tutorial test: error: {exc}", file=sys.stderr)
+        if report.is_file():
+            print(f"The report: {report}", file=sys.stderr)
+        return 1
+    print(summary_text(results, metrics, plan.output))
     return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    """Run every model at every site; print the table; exit 1 if any cell failed."""
+    from cxr_tutorial.federated import (
+        DEFAULT_METRIC,
+        POOLING_RULE,
+        BenchmarkPlan,
+        run_benchmark,
+        table_text,
+    )
+    from cxr_tutorial.sites import Site, make_demo_sites
+
+    output = args.output or Path("runs") / time.strftime("benchmark-%Y%m%d-%H%M%S")
+    if args.site:
+        sites = [Site.from_folder(folder) for folder in args.site]
+    else:
+        sites = make_demo_sites(Path(output) / "demo_sites")
+        print(f"No --site given: simulating the {len(sites)} demo sites in "
+              f"{Path(output) / 'demo_sites'}")
+    plan = BenchmarkPlan.with_defaults(
+        output, sites, models=args.model, data_preparator=args.data_preparator,
+        metrics=args.metrics, jobs=args.jobs, metric=args.metric or DEFAULT_METRIC,
+    )
+    run = run_benchmark(plan)
+    print(f"\n{plan.metric} of {len(run.models)} model(s) at {len(sites)} site(s):")
+    print(table_text(run.summary))
+    print("\n" + textwrap.fill(POOLING_RULE, 92))
+    for cell in run.failed:
+        print(f"\nFAILED {cell.model} at {cell.site} ({cell.failed_task or '?'}):")
+        print(textwrap.indent(cell.message.strip() or "(no message)", "    "))
+        if cell.log and str(cell.log) not in cell.message:
+            print(f"    log: {cell.log}")
+    print(f"\nReleased to the benchmark owner: {plan.owner} (benchmark.yaml, table.csv)")
+    print(f"Kept at the sites: {plan.output / 'sites'}")
+    if run.report:
+        print(f"Report: {run.report}")
+    return 1 if run.failed else 0
+
+
+def _skip_unused_grammar() -> None:
+    """Keep jsonschema from compiling its optional IRI grammar in this process.
+
+    nbformat imports jsonschema, which imports ``rfc3987_syntax`` if it is installed and
+    builds a parser for IRI strings from it: 0.8 s on every command, for a string format
+    that nbformat's notebook schema never checks. Marking the module absent makes
+    jsonschema skip that one format checker; nothing else changes.
+    """
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--model", type=Path, help="Model cube folder")
     test.add_argument("--metrics", type=Path, help="Metrics cube folder")
     test.set_defaults(func=_cmd_test)
+
+    bench = commands.add_parser(
+        "benchmark", help="federated evaluation on this machine: every model at every site, "
+                          "only statistics and results returned",
+        description="Each site prepares its data and runs every model and the Metrics cube; "
+                    "only statistics.yaml and results.yaml are copied to OUTPUT/owner, where "
+                    "the models x sites table is built. Exits 1 if any site or model failed "
+                    "(the table and report.html are written all the same), 0 otherwise.")
+    bench.add_argument("--site", type=Path, action="append", metavar="DIR",
+                       help="a data owner's folder holding images/ and labels/labels.csv; "
+                            "repeat for each site (default: make the demo sites)")
+    bench.add_argument("--model", type=Path, action="append", metavar="CUBE",
+                       help="a Model cube folder; repeat for each model (default: "
+                            "mlcubes/model_custom_cnn and mlcubes/model_owner_example)")
+    bench.add_argument("--data_preparator", type=Path, help="Data Preparator cube folder")
+    bench.add_argument("--metrics", type=Path, help="Metrics cube folder")
+    bench.add_argument("--output", type=Path,
+                       help="output folder (default: runs/benchmark-TIME)")
+    bench.add_argument("--jobs", type=int, default=1,
+                       help="sites run at the same time (default: 1)")
+    # The default is federated.DEFAULT_METRIC, named here without importing it: that
+    # import would cost every command, --help included, half a second.
+    bench.add_argument("--metric", default=None,
+                       help="figure of results.yaml's overall section shown in the table "
+                            "(default: loss, which sites release unless too small)")
+    bench.set_defaults(func=_cmd_benchmark)
     return parser
 
 
@@ -125,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    _skip_unused_grammar()
     try:
         return args.func(args)
     except CxrTutorialError as exc:

@@ -4,7 +4,8 @@ This is what ``cxr-tutorial run`` does, and what ``mlcube run`` would do in a co
 resolve the task's parameters, make its output folders, execute the notebook with those
 parameters injected, and keep the executed notebook as the task's log. A failing task
 becomes a :class:`~cxr_tutorial.errors.TaskError` naming the task, the step and cell of
-the notebook, and the error.
+the notebook, and the error. Every task gets a fresh kernel; a :class:`KernelPool` shared
+by a chain of tasks launches each one while the task before it runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import nbformat
 
@@ -34,6 +36,8 @@ _KERNEL_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",
 }
+# IPython's history would open an SQLite file per kernel; a task never needs it.
+_KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,44 +86,141 @@ def _failed_step(log: Path, cell_index: int) -> str:
     return f"code cell {number}" + (f" (step '{heading}')" if heading else "")
 
 
-def execute_notebook(notebook: Path, parameters: dict[str, str], log: Path, what: str) -> float:
+class _Kernel:
+    """One kernel process, started in a folder, listening on local sockets.
+
+    Local sockets rather than TCP ports: nothing listens on the network.
+    """
+
+    def __init__(self, cwd: Path) -> None:
+        from jupyter_client.manager import KernelManager
+
+        for key, value in _KERNEL_ENV.items():
+            os.environ.setdefault(key, value)
+        self.cwd = cwd
+        self._sockets = tempfile.TemporaryDirectory(prefix="cxr-kernel-")
+        self.manager = KernelManager(kernel_name="python3", transport="ipc",
+                                     ip=str(Path(self._sockets.name) / "kernel"))
+        # papermill does not stop the channels of a client made from a manager it was
+        # given; remember each client so that shutdown() can.
+        self._clients: list[Any] = []
+        make_client = self.manager.client
+
+        def client(**kwargs: Any) -> Any:
+            self._clients.append(make_client(**kwargs))
+            return self._clients[-1]
+
+        self.manager.client = client  # type: ignore[method-assign]
+        try:
+            # Returns once the process is launched; the kernel boots on its own meanwhile.
+            self.manager.start_kernel(cwd=str(cwd), extra_arguments=list(_KERNEL_ARGS))
+        except BaseException:
+            self._sockets.cleanup()
+            raise
+
+    def shutdown(self) -> None:
+        """Stop the clients' channels and the kernel, and remove its sockets."""
+        try:
+            for made in self._clients:
+                made.stop_channels()
+            if self.manager.has_kernel:
+                self.manager.shutdown_kernel(now=True)
+        finally:
+            self._sockets.cleanup()
+
+
+class KernelPool:
+    """Kernels started one task ahead, for a chain of tasks run one after the other.
+
+    A kernel takes about half a second to boot, mostly spent in its own process. When a
+    task takes its kernel, the pool launches the next task's kernel at once, so it boots
+    while the current task runs and the chain pays the boot only once. Every task still
+    gets a fresh kernel of its own. Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        planned: How many kernels the chain will take; none is launched beyond that.
+    """
+
+    def __init__(self, planned: int) -> None:
+        self._remaining = planned
+        self._next: _Kernel | None = None
+
+    def take(self, cwd: Path) -> _Kernel:
+        """Hand over a kernel running in ``cwd`` and launch the next one.
+
+        Args:
+            cwd: The folder the task's notebook runs in (its own folder).
+
+        Returns:
+            A started kernel, owned by the caller from now on.
+        """
+        kernel, self._next = self._next, None
+        if kernel is not None and kernel.cwd != cwd:
+            kernel.shutdown()
+            kernel = None
+        kernel = kernel or _Kernel(cwd)
+        self._remaining -= 1
+        if self._remaining > 0:
+            self._next = _Kernel(cwd)
+        return kernel
+
+    def close(self) -> None:
+        """Stop the kernel launched ahead, if no task took it."""
+        if self._next is not None:
+            self._next.shutdown()
+            self._next = None
+
+    def __enter__(self) -> KernelPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def execute_notebook(
+    notebook: Path,
+    parameters: dict[str, str],
+    log: Path,
+    what: str,
+    kernels: KernelPool | None = None,
+) -> float:
     """Execute a notebook with papermill, turning failures into a short TaskError.
 
     Args:
-        notebook: The task's notebook.
+        notebook: The task's notebook; it runs in its own folder.
         parameters: Values injected after its ``parameters`` cell.
         log: Where the executed notebook is written (kept on failure too).
         what: How to name the task in messages, e.g. ``"task 'prepare' of cxr-data..."``.
+        kernels: Where to take the kernel from (default: one launched now).
 
     Returns:
-        Wall-clock seconds, kernel start included.
+        Wall-clock seconds, including the part of the kernel's boot not already done
+        ahead by ``kernels``.
 
     Raises:
         TaskError: Naming the step and cell that failed, the error and the log.
     """
-    import papermill
-    from jupyter_client.manager import KernelManager
-    from papermill.exceptions import PapermillExecutionError
-
-    for key, value in _KERNEL_ENV.items():
-        os.environ.setdefault(key, value)
     start = time.perf_counter()
-    sockets = tempfile.TemporaryDirectory(prefix="cxr-kernel-")
-    # Local sockets rather than TCP ports: nothing listens on the network. A kernel manager
-    # passed in is not shut down by papermill, so the finally clause below does it.
-    manager = KernelManager(kernel_name="python3", transport="ipc",
-                            ip=str(Path(sockets.name) / "kernel"))
+    # The kernel starts in the notebook's folder. papermill's own cwd option would change
+    # this whole process's folder, which is not safe when sites run in parallel threads.
+    # Taking the kernel first lets it boot while papermill is imported.
+    kernel = (kernels or KernelPool(1)).take(notebook.parent)
+    try:
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+    except BaseException:
+        kernel.shutdown()
+        raise
     try:
         papermill.execute_notebook(
             str(notebook),
             str(log),
             parameters=parameters,
-            cwd=str(notebook.parent),
             progress_bar=False,
             # The kernel's stderr (log records, progress bars) reaches the terminal live.
             stderr_file=sys.stderr,
             kernel_name="python3",
-            km=manager,
+            km=kernel.manager,
         )
     except PapermillExecutionError as exc:
         evalue = str(exc.evalue).strip()
@@ -133,9 +234,8 @@ def execute_notebook(notebook: Path, parameters: dict[str, str], log: Path, what
             f"Log (may be partial): {log}"
         ) from exc
     finally:
-        if manager.has_kernel:
-            manager.shutdown_kernel(now=True)
-        sockets.cleanup()
+        # A manager passed in is not shut down by papermill: this does it.
+        kernel.shutdown()
     return time.perf_counter() - start
 
 
@@ -146,6 +246,7 @@ def run_task(
     log_dir: str | Path | None = None,
     log_name: str | None = None,
     read_only_inputs: bool = False,
+    kernels: KernelPool | None = None,
 ) -> TaskResult:
     """Run one task of a cube natively.
 
@@ -160,6 +261,8 @@ def run_task(
             during the run and their content is compared before and after, and nothing
             in the workspace or the notebooks' folder may change outside the declared
             outputs (see :mod:`cxr_tutorial.sandbox` for what this proves as root).
+        kernels: A :class:`KernelPool` shared by a chain of tasks (default: a kernel
+            launched for this task alone).
 
     Returns:
         A :class:`TaskResult`.
@@ -190,7 +293,7 @@ def run_task(
              if read_only_inputs else None)
     with guard or contextlib.nullcontext():
         seconds = execute_notebook(spec.notebook, {k: str(v) for k, v in params.items()},
-                                   log, f"task {task!r} of {cube.name}")
+                                   log, f"task {task!r} of {cube.name}", kernels)
     if guard is not None:
         guard.check(f"task {task!r} of {cube.name}")
     after = _snapshot(inputs)

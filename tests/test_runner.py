@@ -1,0 +1,100 @@
+"""The lean runner: kernels launched ahead, notebooks run in their folder, no needless TF."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cxr_tutorial.compat import TestPlan, plan_steps, run_step
+from cxr_tutorial.predictions import write_predictions
+from cxr_tutorial.prepared import read_prepared_labels
+from cxr_tutorial.runner import KernelPool, execute_notebook
+
+HEAVY = ("tensorflow", "keras")
+
+
+@pytest.fixture()
+def without_tensorflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make `import tensorflow` and `import keras` fail in every process started from here."""
+    trap = tmp_path / "trap"
+    for name in HEAVY:
+        (trap / name).mkdir(parents=True)
+        (trap / name / "__init__.py").write_text(
+            f"raise ImportError('{name} was imported by a task that must not need it')\n")
+    monkeypatch.setenv("PYTHONPATH", str(trap))
+    return trap
+
+
+def test_tasks_that_need_no_tensorflow_run_without_it(root, tmp_path, without_tensorflow):
+    out = tmp_path / "out"
+    prepare, sanity, stats, infer, evaluate = plan_steps(TestPlan.with_defaults(out))
+    with KernelPool(5) as kernels:
+        records = [run_step(step, out / "logs", kernels) for step in (prepare, sanity, stats)]
+        assert [r.status for r in records] == ["passed"] * 3, records[-1].message
+        # The control: the one task that needs TensorFlow is stopped by the trap.
+        control = run_step(infer, out / "logs", kernels)
+        assert control.status == "failed"
+        assert "was imported by a task that must not need it" in control.message
+        labels = read_prepared_labels(out / "prepared" / "labels", ("normal", "pneumonia"))
+        write_predictions(out / "predictions", {c: [0.6, 0.4] for c in labels}, 2)
+        record = run_step(evaluate, out / "logs", kernels)
+    assert record.status == "passed", record.message
+    # The command line itself starts without TensorFlow too.
+    done = subprocess.run([sys.executable, "-c",
+                           "import cxr_tutorial.cli as c, cxr_tutorial.compat, "
+                           "cxr_tutorial.federated, cxr_tutorial.report, cxr_tutorial.sites; "
+                           "c.build_parser()"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _notebook(folder: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import os\nprint(os.getcwd())")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    folder.mkdir(parents=True)
+    nbformat.write(nb, folder / "where.ipynb")
+    return folder / "where.ipynb"
+
+
+def test_notebooks_run_in_their_folder_even_in_parallel_threads(tmp_path):
+    notebooks = [_notebook(tmp_path / name) for name in ("a", "b")]
+    here = os.getcwd()
+
+    def run(notebook: Path) -> str:
+        log = notebook.with_name("out.ipynb")
+        execute_notebook(notebook, {}, log, "test")
+        return nbformat.read(log, as_version=4).cells[0].outputs[0]["text"].strip()
+
+    with ThreadPoolExecutor(2) as threads:
+        folders = list(threads.map(run, notebooks))
+    assert folders == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert os.getcwd() == here
+
+
+def test_kernel_pool_launches_one_kernel_ahead_and_never_beyond(tmp_path):
+    with KernelPool(2) as pool:
+        first = pool.take(tmp_path)
+        ahead = pool._next  # launched while the first task would run
+        assert ahead is not None and ahead.manager.is_alive()
+        second = pool.take(tmp_path)
+        assert second is ahead and pool._next is None  # two planned, two launched
+        assert first.manager.is_alive() and first is not second
+        for kernel in (first, second):
+            kernel.shutdown()
+            assert not kernel.manager.has_kernel
+    with KernelPool(3) as pool:
+        pool.take(tmp_path).shutdown()
+        stale = pool._next
+        (tmp_path / "elsewhere").mkdir()
+        other = pool.take(tmp_path / "elsewhere")  # another folder: a fresh kernel
+        assert other is not stale and not stale.manager.has_kernel
+        other.shutdown()
+        leftover = pool._next
+    assert leftover is not None and not leftover.manager.has_kernel  # closed on exit
