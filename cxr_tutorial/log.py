@@ -9,18 +9,16 @@ import sys
 from cxr_tutorial import logger
 
 
-def setup_logging(level: str | int | None = None) -> logging.Logger:
+def setup_logging(level: str | int | None = None) -> None:
     """Send the package logger's records to stderr with a short, readable format.
 
     Calling it twice does not add a second handler, so notebooks can call it in their
-    first cell and still be re-run.
+    first cell and still be re-run. It returns nothing, so a notebook cell that ends with
+    it shows no output.
 
     Args:
         level: A logging level name or number. Defaults to the environment variable
             ``CXR_TUTORIAL_LOG_LEVEL``, else ``INFO``.
-
-    Returns:
-        The package logger.
     """
     level = level or os.environ.get("CXR_TUTORIAL_LOG_LEVEL", "INFO")
     if isinstance(level, str):
@@ -32,4 +30,3 @@ def setup_logging(level: str | int | None = None) -> logging.Logger:
         handler._cxr_tutorial = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False
-    return logger
