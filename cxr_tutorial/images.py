@@ -409,6 +409,32 @@ def read_image(
                   f"{exc})", "unreadable") from exc
 
 
+def stored_pixels(path: str | Path) -> tuple[np.ndarray, str]:
+    """The pixel values as the file stores them, before any mapping (to show the raw data).
+
+    Args:
+        path: A DICOM, PNG or JPEG file.
+
+    Returns:
+        ``(values, photometric)``: the stored array (2-D, or 3-D for colour) and
+        ``MONOCHROME1``, ``MONOCHROME2`` or ``RGB``.
+
+    Raises:
+        ImageError: If the file is not an image of a supported format.
+    """
+    path = Path(path)
+    if sniff_format(path) == "dicom":
+        import pydicom
+
+        ds = pydicom.dcmread(path, force=True)
+        return ds.pixel_array, str(ds.get("PhotometricInterpretation", ""))
+    if sniff_format(path) is None:
+        raise ImageError(path, "not a DICOM, PNG or JPEG file", "not_an_image")
+    with Image.open(path) as image:
+        grey = image.mode in ("L", "1", "P", "F") or image.mode.startswith("I")
+        return np.asarray(image), "MONOCHROME2" if grey else "RGB"
+
+
 def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     """Resize a ``[0, 1]`` image to ``size x size`` and quantise it to 8 bits.
 
