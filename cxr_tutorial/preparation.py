@@ -38,8 +38,10 @@ from cxr_tutorial.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_REASONS,
     Decoded,
+    ImageError,
     ImageInfo,
     decode_and_resize,
+    read_image,
     sniff_format,
 )
 from cxr_tutorial.prepared import (
@@ -424,6 +426,33 @@ def read_raw_cases(
     return sorted(cases.values(), key=lambda c: c.image_id), problems
 
 
+def decodable_samples(
+    cases: Sequence[RawCase], count: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[tuple[RawCase, np.ndarray, ImageInfo]]:
+    """The first ``count`` cases whose image decodes, with its pixels, to show them.
+
+    Files that do not decode are passed over: reporting them is ``prepare``'s job, and a
+    picture must not stop a run that is allowed to skip them.
+
+    Args:
+        cases: Cases from :func:`read_raw_cases`.
+        count: How many to return (fewer if fewer decode).
+        max_pixels: As in the settings.
+
+    Returns:
+        ``(case, pixels, info)`` triples, as :func:`~cxr_tutorial.images.read_image` gives.
+    """
+    samples = []
+    for case in cases:
+        if len(samples) == count:
+            break
+        try:
+            samples.append((case, *read_image(case.path, max_pixels)))
+        except ImageError:
+            continue
+    return samples
+
+
 def _pool_context() -> multiprocessing.context.BaseContext:
     """Start decoding processes from a clean server process where the platform allows.
 
@@ -601,11 +630,11 @@ class PrepareReport:
         counts = Counter(p.reason for p in self.problems)
         return {reason: counts[reason] for reason in REASONS if counts[reason]}
 
-    def summary(self, examples: int = 5) -> str:
-        """A short text report: counts per reason with a few of the files or rows.
+    def summary(self, examples: int | None = 5) -> str:
+        """A text report: counts per reason, each with the files or rows concerned.
 
         Args:
-            examples: Problems listed per reason; the rest are counted.
+            examples: Problems listed per reason, the rest being counted; None lists all.
 
         Returns:
             Lines of text.
@@ -617,7 +646,7 @@ class PrepareReport:
             lines.append(f"  {count} x {reason}: {REASONS[reason]}")
             matching = [p for p in self.problems if p.reason == reason]
             lines.extend(f"      {p}" for p in matching[:examples])
-            if count > examples:
+            if examples is not None and count > examples:
                 lines.append(f"      ... and {count - examples} more")
         return "\n".join(lines)
 
@@ -652,7 +681,10 @@ def prepare(
     """
     start = time.perf_counter()
     cases, problems = read_raw_cases(data_path, labels_path, settings)
-    _stop_or_skip(problems, settings, "in the labels and the data folder")
+    # These checks take seconds; decoding may take hours, so stop before it.
+    _stop_or_skip(problems, settings, "in the labels and the data folder",
+                  "\n(images are decoded once these are fixed; a decoding problem, if any, "
+                  "shows then)")
     if not cases:
         raise DataError(f"{data_path}: no usable case left to prepare")
     # Starting a process costs about as much as decoding a few images: a handful of
@@ -704,8 +736,9 @@ class _Progress:
                         self.done, self.total, rate, (self.total - self.done) / rate)
 
 
-def _stop_or_skip(problems: list[Problem], settings: PrepSettings, stage: str) -> None:
-    """Raise one DataError listing every problem, unless skipping is allowed."""
+def _stop_or_skip(problems: list[Problem], settings: PrepSettings, stage: str,
+                  note: str = "") -> None:
+    """Raise one DataError listing every problem (then ``note``), unless skipping is allowed."""
     if not problems:
         return
     if settings.skip_bad_cases:
@@ -718,7 +751,7 @@ def _stop_or_skip(problems: list[Problem], settings: PrepSettings, stage: str) -
     more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
     raise DataError(
         f"{len(problems)} problem(s) {stage} (set skip_bad_cases: true in parameters.yaml "
-        f"to skip them instead):\n  {shown}{more}"
+        f"to skip them instead):\n  {shown}{more}{note}"
     )
 
 

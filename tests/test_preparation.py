@@ -20,6 +20,7 @@ from conftest import write_labels
 from cxr_tutorial.errors import ConfigError, DataError, FormatError
 from cxr_tutorial.preparation import (
     WITHHELD,
+    decodable_samples,
     decode_images,
     load_prep_settings,
     prepare,
@@ -183,6 +184,8 @@ def test_all_problems_are_listed_together(tmp_path, raw_site, settings):
     assert "image 'scan4.png' not found" in message
     assert "unlabelled.png: image has no row" in message
     assert "notes.txt: not a DICOM, PNG or JPEG file, and no row" in message
+    assert message.endswith("(images are decoded once these are fixed; a decoding problem, "
+                            "if any, shows then)")
 
 
 def test_index_files_hidden_files_and_a_labels_file_among_the_images_are_ignored(
@@ -539,3 +542,38 @@ def test_benchmark_smoke_run(root: Path):
     assert row, result.stdout
     assert 0 < float(row.group(3)) < float(row.group(1))  # prepare() inside the task
     assert int(row.group(6)) >= int(row.group(7)) > 0  # total >= largest process
+
+
+def test_the_prepare_chapter_skips_bad_files_and_logs_the_report(tmp_path, raw_site,
+                                                                 prep_parameters, root):
+    """The cube's task, with skipping on: a bad first image must not stop the chapter."""
+    import nbformat
+
+    from cxr_tutorial.runner import run_task
+
+    images, labels = raw_site
+    (images / "scan0.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    (images / "notes.txt").write_text("export notes")
+    parameters = tmp_path / "parameters.yaml"
+    parameters.write_text(prep_parameters.read_text().replace("skip_bad_cases: false",
+                                                             "skip_bad_cases: true"))
+    out = tmp_path / "out"
+    result = run_task(root / "mlcubes" / "data_preparator", "prepare", {
+        "data_path": str(images), "labels_path": str(labels), "parameters_file": str(parameters),
+        "output_path": str(out / "data"), "output_labels_path": str(out / "labels")},
+        log_dir=tmp_path / "logs")
+    assert len(open_prepared(out / "data")) == 5
+    log = "".join(o.get("text", "") for c in nbformat.read(result.log, as_version=4).cells
+                  if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "5 cases prepared in" in log and "2 input(s) skipped" in log
+    assert "scan0.dcm: cannot decode this DICOM file" in log
+    assert "notes.txt: not a DICOM, PNG or JPEG file" in log
+
+
+def test_decodable_samples_pass_over_bad_files(tmp_path, raw_site, settings):
+    images, labels = raw_site
+    (images / "scan0.dcm").write_bytes(b"junk")
+    cases, _ = read_raw_cases(images, labels, settings)
+    samples = decodable_samples(cases, 2)
+    assert [case.image_id for case, _, _ in samples] == ["scan1.dcm", "scan2"]
+    assert samples[0][1].shape == (96, 80) and samples[0][2].photometric == "MONOCHROME1"
