@@ -577,3 +577,21 @@ def test_decodable_samples_pass_over_bad_files(tmp_path, raw_site, settings):
     samples = decodable_samples(cases, 2)
     assert [case.image_id for case, _, _ in samples] == ["scan1.dcm", "scan2"]
     assert samples[0][1].shape == (96, 80) and samples[0][2].photometric == "MONOCHROME1"
+
+
+def test_processes_that_cannot_start_give_a_clear_error(tmp_path):
+    """A script without a main guard: every decoding process fails while starting."""
+    write_png(tmp_path / "a.png")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from cxr_tutorial.errors import DataError\n"
+        "from cxr_tutorial.preparation import decode_images\n"
+        f"jobs = [({str(tmp_path / 'a.png')!r}, 16, 10_000)] * 4\n"
+        "try:\n"
+        "    list(decode_images(jobs, 2))\n"
+        "except DataError as error:\n"
+        "    print('DataError:', error)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert "DataError: decoding processes cannot start on this machine; set workers: 1" \
+        in result.stdout, result.stdout + result.stderr[-2000:]
