@@ -239,8 +239,7 @@ def _open_labels(file: Path, settings: PrepSettings) -> tuple[Any, csv.DictReade
         first = handle.readline()
     except UnicodeDecodeError as exc:
         handle.close()
-        raise DataError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
-                        "as UTF-8 (\"CSV UTF-8\" in spreadsheet programs)") from None
+        raise _not_utf8(file, exc) from None
     delimiter = ","
     for candidate in (",", ";", "\t"):
         header = next(csv.reader([first], delimiter=candidate), [])
@@ -298,12 +297,21 @@ def _source_case_id(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", image_id.replace("\\", "/"))
 
 
-def _did_you_mean(key: str, index: Mapping[str, Path]) -> str:
-    """A hint naming a file whose name differs from ``key`` only in case or extension."""
-    folded, stem = key.casefold(), PurePosixPath(key.casefold()).with_suffix("")
-    close = [k for k in index if k.casefold() == folded or
-             PurePosixPath(k.casefold()).with_suffix("") == stem]
+def _folded(key: str) -> str:
+    """A file key compared case-blind and without its extension, for hints."""
+    return str(PurePosixPath(key.casefold()).with_suffix(""))
+
+
+def _did_you_mean(key: str, similar: Mapping[str, list[str]]) -> str:
+    """A hint naming the one file whose name differs from ``key`` in case or extension."""
+    close = similar.get(_folded(key), [])
     return f" (did you mean {close[0]!r}?)" if len(close) == 1 else ""
+
+
+def _not_utf8(file: Path, exc: UnicodeDecodeError) -> DataError:
+    """The error for a labels file in another encoding, with the fix."""
+    return DataError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                     "UTF-8 (\"CSV UTF-8\" in spreadsheet programs)")
 
 
 def read_raw_cases(
@@ -334,9 +342,11 @@ def read_raw_cases(
     if not data_path.is_dir():
         raise DataError(f"{data_path}: data folder not found")
     index = _index_files(data_path, skip=file)
-    folded_index: dict[str, list[str]] = {}
+    folded_index: dict[str, list[str]] = {}  # case-folded key -> keys
+    similar: dict[str, list[str]] = {}  # case-folded key without extension -> keys
     for key in index:
         folded_index.setdefault(key.casefold(), []).append(key)
+        similar.setdefault(_folded(key), []).append(key)
     classes = {name: i for i, name in enumerate(settings.labels_list)}
     problems: list[Problem] = []
     cases: dict[str, RawCase] = {}
@@ -390,7 +400,7 @@ def read_raw_cases(
                     path = data_path / relative  # e.g. inside a linked folder
                 if path is None:
                     bad("no_image", f"image {image_id!r} not found in {data_path}"
-                                    + _did_you_mean(key, index))
+                                    + _did_you_mean(key, similar))
                     continue
                 source_id = ""
                 if settings.keep_source_ids:
@@ -409,8 +419,7 @@ def read_raw_cases(
                     kept_ids[source_id.casefold()] = (row_number, image_id)
                 cases[image_id] = RawCase(row_number, image_id, path, label, source_id)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
-                        "as UTF-8 (\"CSV UTF-8\" in spreadsheet programs)") from None
+        raise _not_utf8(file, exc) from None
     except csv.Error as exc:
         raise DataError(f"{file}: line {reader.line_num}: not a readable CSV row ({exc})"
                         ) from None
@@ -700,7 +709,7 @@ def prepare(
         raise DataError(f"{data_path}: no usable case left to prepare")
     # Starting a process costs about as much as decoding a few images: a handful of
     # images is decoded here rather than in a pool.
-    workers = max(1, min(settings.workers or os.cpu_count() or 1, len(cases) // 4))
+    workers = max(1, min(settings.workers or _cpu_count(), len(cases) // 4))
     logger.info("preparing %d images at %d px with %d worker(s)", len(cases),
                 settings.image_size, workers)
     summary = SourceSummary()
@@ -716,6 +725,8 @@ def prepare(
             if result.image is None or result.info is None:
                 decode_problems.append(Problem(str(case.path), result.reason, result.message))
                 continue
+            if decode_problems and not settings.skip_bad_cases:
+                continue  # the run will stop: only decode on, to list every problem
             writer.add(case.source_id or f"case-{len(writer) + 1:05d}", result.image,
                        case.label)
             summary.add(result.info)
@@ -728,6 +739,13 @@ def prepare(
     logger.info("prepared %d cases into %s (%d skipped) in %.1f s", report.cases, output_path,
                 report.skipped, report.seconds)
     return report
+
+
+def _cpu_count() -> int:
+    """CPU cores this process may use (its affinity, where the platform tells)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 class _Progress:

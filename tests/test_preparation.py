@@ -595,3 +595,31 @@ def test_processes_that_cannot_start_give_a_clear_error(tmp_path):
                             timeout=120)
     assert "DataError: decoding processes cannot start on this machine; set workers: 1" \
         in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_long_runs_log_their_progress():
+    import logging
+
+    from cxr_tutorial.preparation import _Progress
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    package, keep = logging.getLogger("cxr_tutorial"), Keep()
+    level = package.level
+    package.addHandler(keep)
+    package.setLevel(logging.INFO)
+    try:
+        progress = _Progress(total=3, every=0.0)
+        for _ in range(3):
+            progress.step()
+    finally:
+        package.removeHandler(keep)
+        package.setLevel(level)
+    assert len(keep.lines) == 2 and keep.lines[0].startswith("prepare: 1 of 3 images,")
+    assert "s left" in keep.lines[1]
