@@ -4,7 +4,9 @@ It writes N raw images of ``--size`` x ``--size`` pixels, half PNG (8-bit grey) 
 DICOM (12 of 16 bits, ``--dicom-syntax``), with a labels.csv; then, in the same run:
 
 1. the **floor**: one process that only decodes and resizes (``read_image`` + ``resize``,
-   no labels, no writing, no pool), over the first ``--floor-n`` images;
+   no labels, no writing, no pool), over the first ``--floor-n`` images, measured before
+   the cube runs (the ratios use it) and again after them, since on a shared machine the
+   load moves;
 2. ``prepare`` **through the cube**: ``cxr-tutorial run``'s runner executes the task's
    notebook with ``workers`` set to each value of ``--workers``, for each value of ``--n``.
 
@@ -214,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                                   SYNTAXES[args.dicom_syntax])
         print(f"raw: {largest} images of {args.size} x {args.size}, half PNG 8-bit, half "
               f"DICOM 12-bit {args.dicom_syntax}; prepared at {args.image_size} px")
-        floor = floor_rate(images, min(args.floor_n, largest), args.image_size)
+        floor_n = min(args.floor_n, largest)
+        floor = floor_rate(images, floor_n, args.image_size)
         print(f"floor: {floor:.1f} images/s (1 process, decode + resize only, "
-              f"{min(args.floor_n, largest)} images)")
+              f"{floor_n} images)")
         print("task: the whole cube task (kernel start, notebook, prepare); prepare: the "
               "prepare() call inside it")
         print(f"{'n':>7} {'workers':>7} {'task s':>7} {'task x':>7} {'prepare s':>9} "
@@ -244,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{memory.peak_total / 2**20:>8.0f} {memory.peak_single / 2**20:>10.0f}",
                       flush=True)
                 shutil.rmtree(out)
+        after = floor_rate(images, floor_n, args.image_size)
+        print(f"floor again: {after:.1f} images/s; the ratios above used the first, "
+              f"{floor:.1f}; with the mean, {(floor + after) / 2:.1f}, multiply them by "
+              f"{2 * floor / (floor + after):.2f}")
+        print(f"load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         print("targets: >= 1.6 x floor with 2 workers; peak MB flat from n=1000 to n=10000")
     finally:
         if args.workdir is None:
