@@ -124,26 +124,33 @@ def generate(folder: Path, n: int, size: int, syntax: str) -> tuple[Path, Path]:
     return images, labels
 
 
-def floor_rate(images: Path, count: int, size: int) -> float:
-    """Images per second of a plain single-process decode-and-resize loop."""
+def floor_rate(images: Path, count: int, size: int) -> tuple[float, float]:
+    """A plain single-process decode-and-resize loop.
+
+    Returns:
+        ``(images per second, CPU seconds per image)``.
+    """
     files = sorted(images.iterdir())[:count]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for path in files:
         resize(read_image(path)[0], size)
-    return len(files) / (time.perf_counter() - start)
+    return (len(files) / (time.perf_counter() - start),
+            (time.process_time() - cpu) / len(files))
 
 
 class MemorySampler(threading.Thread):
-    """Sample the resident memory of this process's descendants every 0.1 s.
+    """Sample the resident memory and CPU time of this process's descendants every 0.1 s.
 
     Attributes:
         peak_total: Largest sum over the descendants alive at one moment, in bytes.
         peak_single: Largest single descendant, in bytes.
+        cpu: CPU seconds (user and system) of each descendant, last seen, by process id.
     """
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak_total = self.peak_single = 0
+        self.cpu: dict[int, float] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -155,6 +162,8 @@ class MemorySampler(threading.Thread):
             for child in me.children(recursive=True):
                 try:
                     sizes.append(child.memory_info().rss)
+                    times = child.cpu_times()
+                    self.cpu[child.pid] = times.user + times.system
                 except psutil.Error:
                     continue
             self.peak_total = max(self.peak_total, sum(sizes))
@@ -217,13 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raw: {largest} images of {args.size} x {args.size}, half PNG 8-bit, half "
               f"DICOM 12-bit {args.dicom_syntax}; prepared at {args.image_size} px")
         floor_n = min(args.floor_n, largest)
-        floor = floor_rate(images, floor_n, args.image_size)
-        print(f"floor: {floor:.1f} images/s (1 process, decode + resize only, "
-              f"{floor_n} images)")
+        floor, floor_cpu = floor_rate(images, floor_n, args.image_size)
+        print(f"floor: {floor:.1f} images/s, {1000 * floor_cpu:.1f} ms CPU per image "
+              f"(1 process, decode + resize only, {floor_n} images)")
         print("task: the whole cube task (kernel start, notebook, prepare); prepare: the "
-              "prepare() call inside it")
+              "prepare() call inside it;\ncpu x: CPU time of all the task's processes over "
+              "the floor's CPU time for as many images (load-independent overhead)")
         print(f"{'n':>7} {'workers':>7} {'task s':>7} {'task x':>7} {'prepare s':>9} "
-              f"{'images/s':>9} {'x floor':>7} {'peak MB':>8} {'largest MB':>10}")
+              f"{'images/s':>9} {'x floor':>7} {'cpu x':>6} {'peak MB':>8} {'largest MB':>10}")
         for n in sorted(args.n):
             subset = labels
             if n < largest:  # the first n rows of the largest set
@@ -242,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
                 out = workdir / f"out-{n}-{workers}"
                 task, seconds, memory = run_cube(data, subset, out, workers, args.image_size)
                 rate = n / seconds
+                cpu = sum(memory.cpu.values()) / (n * floor_cpu)
                 print(f"{n:>7} {workers:>7} {task:>7.1f} {n / task / floor:>7.2f} "
-                      f"{seconds:>9.1f} {rate:>9.1f} {rate / floor:>7.2f} "
+                      f"{seconds:>9.1f} {rate:>9.1f} {rate / floor:>7.2f} {cpu:>6.2f} "
                       f"{memory.peak_total / 2**20:>8.0f} {memory.peak_single / 2**20:>10.0f}",
                       flush=True)
                 shutil.rmtree(out)
-        after = floor_rate(images, floor_n, args.image_size)
+        after, _ = floor_rate(images, floor_n, args.image_size)
         print(f"floor again: {after:.1f} images/s; the ratios above used the first, "
               f"{floor:.1f}; with the mean, {(floor + after) / 2:.1f}, multiply them by "
               f"{2 * floor / (floor + after):.2f}")

@@ -537,11 +537,10 @@ def test_benchmark_smoke_run(root: Path):
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"floor: [\d.]+ images/s", result.stdout), result.stdout
-    row = re.search(r"^\s+8\s+2\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)"
-                    r"\s+(\d+)$", result.stdout, re.MULTILINE)
-    assert row, result.stdout
-    assert 0 < float(row.group(3)) < float(row.group(1))  # prepare() inside the task
-    assert int(row.group(6)) >= int(row.group(7)) > 0  # total >= largest process
+    line = next(line for line in result.stdout.splitlines() if line.split()[:2] == ["8", "2"])
+    task, _, prepare_s, rate, _, cpu, total, largest = map(float, line.split()[2:])
+    assert 0 < prepare_s < task and rate > 0  # prepare() inside the task
+    assert cpu > 0 and total >= largest > 0  # CPU of every process; all processes >= one
 
 
 def test_the_prepare_chapter_skips_bad_files_and_logs_the_report(tmp_path, raw_site,
