@@ -164,14 +164,14 @@ class Problem:
         return f"{self.where}: {self.detail}"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class RawCase:
     """One row of the raw labels file, matched to its image.
 
     Attributes:
         row: Line number in the CSV (the header is line 1).
         image_id: The id as written in the CSV.
-        path: The image file.
+        path: The image file (a string: a Path per case would cost memory at scale).
         label: 0/1 vector in ``labels_list`` order.
         source_id: The case id kept from ``image_id`` when ``keep_source_ids`` is set,
             else ``""`` (a pseudonym is given when the case is written).
@@ -179,7 +179,7 @@ class RawCase:
 
     row: int
     image_id: str
-    path: Path
+    path: str
     label: np.ndarray
     source_id: str = ""
 
@@ -208,28 +208,70 @@ def _safe_relative(image_id: str) -> PurePosixPath | None:
     return candidate
 
 
-def _index_files(data_path: Path, skip: Path) -> dict[str, Path]:
+class _FileIndex:
     """Every file under the data folder, by its path relative to it (``/`` separated).
 
     Hidden files and folders, :data:`IGNORED_FILE_NAMES` and ``skip`` (the labels file,
-    if it lives among the images) are left out.
+    if it lives among the images) are left out. Paths are kept as strings, and the maps
+    for case-blind matching and hints are built only when a name is not found: a Path
+    per file costs several hundred bytes, which adds up over a hundred thousand images.
+
+    Args:
+        data_path: The data folder.
+        skip: A file to leave out.
     """
-    index: dict[str, Path] = {}
-    ignored = 0
-    skip = skip.resolve()
-    for folder, dirs, files in os.walk(data_path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(folder, name)
-            if name.startswith(".") or name.casefold() in IGNORED_FILE_NAMES or (
-                path.resolve() == skip
-            ):
-                ignored += 1
-                continue
-            index[path.relative_to(data_path).as_posix()] = path
-    if ignored:
-        logger.info("ignored %d hidden, index or labels file(s) in %s", ignored, data_path)
-    return index
+
+    def __init__(self, data_path: Path, skip: Path) -> None:
+        self.files: dict[str, str] = {}
+        self._folded: dict[str, list[str]] | None = None
+        self._similar: dict[str, list[str]] | None = None
+        ignored, skip = 0, skip.resolve()
+        for folder, dirs, names in os.walk(data_path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            prefix = os.path.relpath(folder, data_path).replace(os.sep, "/")
+            for name in sorted(names):
+                path = os.path.join(folder, name)
+                if name.startswith(".") or name.casefold() in IGNORED_FILE_NAMES or (
+                    name == skip.name and Path(path).resolve() == skip
+                ):
+                    ignored += 1
+                    continue
+                self.files[name if prefix == "." else f"{prefix}/{name}"] = path
+        if ignored:
+            logger.info("ignored %d hidden, index or labels file(s) in %s", ignored, data_path)
+
+    @staticmethod
+    def _stem(key: str) -> str:
+        """A key compared case-blind and without its extension."""
+        return str(PurePosixPath(key.casefold()).with_suffix(""))
+
+    def _build(self) -> None:
+        """Make the case-blind maps, on the first name not found."""
+        self._folded, self._similar = {}, {}
+        for key in self.files:
+            self._folded.setdefault(key.casefold(), []).append(key)
+            self._similar.setdefault(self._stem(key), []).append(key)
+
+    def same_file(self, key: str, data_path: Path) -> str:
+        """The key of the file ``key`` names: itself, or, where file names ignore case
+        (Windows, macOS), the one file whose name differs only in case."""
+        if key in self.files:
+            return key
+        if self._folded is None:
+            self._build()
+        assert self._folded is not None
+        close = self._folded.get(key.casefold(), [])
+        if len(close) == 1 and (data_path / key).is_file():
+            return close[0]
+        return key
+
+    def hint(self, key: str) -> str:
+        """A hint naming the one file whose name differs from ``key`` in case or extension."""
+        if self._similar is None:
+            self._build()
+        assert self._similar is not None
+        close = self._similar.get(self._stem(key), [])
+        return f" (did you mean {close[0]!r}?)" if len(close) == 1 else ""
 
 
 def _open_labels(file: Path, settings: PrepSettings) -> tuple[Any, csv.DictReader]:
@@ -297,17 +339,6 @@ def _source_case_id(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", image_id.replace("\\", "/"))
 
 
-def _folded(key: str) -> str:
-    """A file key compared case-blind and without its extension, for hints."""
-    return str(PurePosixPath(key.casefold()).with_suffix(""))
-
-
-def _did_you_mean(key: str, similar: Mapping[str, list[str]]) -> str:
-    """A hint naming the one file whose name differs from ``key`` in case or extension."""
-    close = similar.get(_folded(key), [])
-    return f" (did you mean {close[0]!r}?)" if len(close) == 1 else ""
-
-
 def _not_utf8(file: Path, exc: UnicodeDecodeError) -> DataError:
     """The error for a labels file in another encoding, with the fix."""
     return DataError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
@@ -341,12 +372,7 @@ def read_raw_cases(
     data_path, file = Path(data_path), _labels_file(Path(labels_path))
     if not data_path.is_dir():
         raise DataError(f"{data_path}: data folder not found")
-    index = _index_files(data_path, skip=file)
-    folded_index: dict[str, list[str]] = {}  # case-folded key -> keys
-    similar: dict[str, list[str]] = {}  # case-folded key without extension -> keys
-    for key in index:
-        folded_index.setdefault(key.casefold(), []).append(key)
-        similar.setdefault(_folded(key), []).append(key)
+    index = _FileIndex(data_path, skip=file)
     classes = {name: i for i, name in enumerate(settings.labels_list)}
     problems: list[Problem] = []
     cases: dict[str, RawCase] = {}
@@ -371,12 +397,7 @@ def read_raw_cases(
                     bad("outside_data_folder",
                         f"image id {image_id!r} points outside the data folder")
                     continue
-                key = relative.as_posix()
-                if key not in index and len(folded_index.get(key.casefold(), [])) == 1:
-                    # Names that differ only in case: the same file on Windows and macOS.
-                    candidate = folded_index[key.casefold()][0]
-                    if (data_path / relative).is_file():
-                        key = candidate
+                key = index.same_file(relative.as_posix(), data_path)
                 referenced.add(key)
                 if image_id in first_row:
                     bad("duplicate_id", f"image id {image_id!r} repeats row "
@@ -395,12 +416,12 @@ def read_raw_cases(
                 if label is None:
                     bad("unknown_class", why)
                     continue
-                path = index.get(key)
+                path = index.files.get(key)
                 if path is None and (data_path / relative).is_file():
-                    path = data_path / relative  # e.g. inside a linked folder
+                    path = str(data_path / relative)  # e.g. inside a linked folder
                 if path is None:
                     bad("no_image", f"image {image_id!r} not found in {data_path}"
-                                    + _did_you_mean(key, similar))
+                                    + index.hint(key))
                     continue
                 source_id = ""
                 if settings.keep_source_ids:
@@ -425,14 +446,14 @@ def read_raw_cases(
                         ) from None
     for image_id in dropped:
         cases.pop(image_id, None)
-    for key, path in index.items():
+    for key, path in index.files.items():
         if key in referenced:
             continue
-        if sniff_format(path) is None:
-            problems.append(Problem(str(path), "not_an_image",
+        if sniff_format(Path(path)) is None:
+            problems.append(Problem(path, "not_an_image",
                                     f"not a DICOM, PNG or JPEG file, and no row in {file}"))
         else:
-            problems.append(Problem(str(path), "no_label", f"image has no row in {file}"))
+            problems.append(Problem(path, "no_label", f"image has no row in {file}"))
     return sorted(cases.values(), key=lambda c: c.image_id), problems
 
 
