@@ -223,8 +223,7 @@ class _FileIndex:
 
     def __init__(self, data_path: Path, skip: Path) -> None:
         self.files: dict[str, str] = {}
-        self._folded: dict[str, list[str]] | None = None
-        self._similar: dict[str, list[str]] | None = None
+        self._blind: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
         ignored, skip = 0, skip.resolve()
         for folder, dirs, names in os.walk(data_path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -245,32 +244,30 @@ class _FileIndex:
         """A key compared case-blind and without its extension."""
         return str(PurePosixPath(key.casefold()).with_suffix(""))
 
-    def _build(self) -> None:
-        """Make the case-blind maps, on the first name not found."""
-        self._folded, self._similar = {}, {}
-        for key in self.files:
-            self._folded.setdefault(key.casefold(), []).append(key)
-            self._similar.setdefault(self._stem(key), []).append(key)
+    def _maps(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Case-folded key to keys, and case-folded stem to keys; made on first use."""
+        if self._blind is None:
+            folded: dict[str, list[str]] = {}
+            similar: dict[str, list[str]] = {}
+            for key in self.files:
+                folded.setdefault(key.casefold(), []).append(key)
+                similar.setdefault(self._stem(key), []).append(key)
+            self._blind = folded, similar
+        return self._blind
 
     def same_file(self, key: str, data_path: Path) -> str:
         """The key of the file ``key`` names: itself, or, where file names ignore case
         (Windows, macOS), the one file whose name differs only in case."""
         if key in self.files:
             return key
-        if self._folded is None:
-            self._build()
-        assert self._folded is not None
-        close = self._folded.get(key.casefold(), [])
+        close = self._maps()[0].get(key.casefold(), [])
         if len(close) == 1 and (data_path / key).is_file():
             return close[0]
         return key
 
     def hint(self, key: str) -> str:
         """A hint naming the one file whose name differs from ``key`` in case or extension."""
-        if self._similar is None:
-            self._build()
-        assert self._similar is not None
-        close = self._similar.get(self._stem(key), [])
+        close = self._maps()[1].get(self._stem(key), [])
         return f" (did you mean {close[0]!r}?)" if len(close) == 1 else ""
 
 
