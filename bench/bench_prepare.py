@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dicom-syntax", choices=sorted(SYNTAXES), default="explicit")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: temporary)")
     args = parser.parse_args(argv)
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        parser.error(f"--workdir {args.workdir} holds files; give a new or empty folder")
     setup_logging("WARNING")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
