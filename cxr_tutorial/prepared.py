@@ -16,7 +16,9 @@ Case ids are opaque strings made of letters, digits, ``-``, ``_`` and ``.``; by 
 they are pseudonyms (``case-00001``...) that carry nothing from the raw file names.
 
 Read it only through :func:`open_prepared` and :func:`read_prepared_labels`: they check
-the version and fail clearly on anything else.
+the version and fail clearly on anything else. ``docs/prepared_format.md`` is the
+model owner's guide to the format: every file and field, how pixels were produced, and
+what a reader may rely on.
 """
 
 from __future__ import annotations
@@ -197,20 +199,25 @@ def _read_case_ids(path: Path) -> list[str]:
     return [row[0] if row else "" for row in rows[1:]]
 
 
-def read_prepared_labels(path: str | Path, labels_list: Sequence[str]) -> dict[str, np.ndarray]:
+def read_prepared_labels(
+    path: str | Path, labels_list: Sequence[str], problems: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """Read prepared labels.
 
     Args:
         path: A labels folder written by ``prepare`` (holding ``labels.csv``), or the
             ``labels.csv`` file itself.
         labels_list: Expected class columns, in order.
+        problems: If given, a bad line is described here and skipped instead of raised,
+            so that a checker can list every problem at once.
 
     Returns:
         Mapping of case id to a ``uint8`` vector of length ``len(labels_list)``.
 
     Raises:
-        FormatError: If the file is missing, its columns are not ``case_id`` followed by
-            ``labels_list``, a value is not 0 or 1, or a case id repeats.
+        FormatError: If the file is missing or its columns are not ``case_id`` followed by
+            ``labels_list``; and, unless ``problems`` is given, if a value is not 0 or 1 or
+            a case id repeats.
     """
     path = Path(path)
     file = path / "labels.csv" if path.is_dir() else path
@@ -218,6 +225,12 @@ def read_prepared_labels(path: str | Path, labels_list: Sequence[str]) -> dict[s
         raise FormatError(f"{file}: file not found; expected the prepared labels.csv")
     expected = ["case_id", *labels_list]
     labels: dict[str, np.ndarray] = {}
+
+    def bad(message: str) -> None:
+        if problems is None:
+            raise FormatError(message)
+        problems.append(message)
+
     with open(file, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -225,31 +238,37 @@ def read_prepared_labels(path: str | Path, labels_list: Sequence[str]) -> dict[s
             raise FormatError(f"{file}: expected columns {expected}, got {header}")
         for line, row in enumerate(reader, start=2):
             if len(row) != len(expected) or any(v not in ("0", "1") for v in row[1:]):
-                raise FormatError(
-                    f"{file}: line {line}: expected a case id and {len(labels_list)} values "
-                    f"of 0 or 1, got {row}"
-                )
-            if row[0] in labels:
-                raise FormatError(f"{file}: line {line}: case id {row[0]!r} repeats")
-            labels[row[0]] = np.array([int(v) for v in row[1:]], dtype=np.uint8)
+                bad(f"{file}: line {line}: expected a case id and {len(labels_list)} values "
+                    f"of 0 or 1, got {row}")
+            elif row[0] in labels:
+                bad(f"{file}: line {line}: case id {row[0]!r} repeats")
+            else:
+                labels[row[0]] = np.array([int(v) for v in row[1:]], dtype=np.uint8)
     return labels
 
 
 class PreparedWriter:
-    """Write a prepared data set so that a failure leaves nothing half-written.
+    """Write a prepared data set by streaming, so that a failure leaves nothing half-written.
 
-    Files go to hidden staging folders inside the two output folders; :meth:`commit`
-    replaces any earlier prepared data there and moves the new files in. If the writer is
-    closed without a commit, the staging folders are removed and the outputs are left as
-    they were. Only files this format owns are ever replaced: an output folder holding
-    anything else is refused.
+    Each :meth:`add` writes its image and its rows of ``cases.csv`` and ``labels.csv`` at
+    once, into hidden staging folders inside the two output folders; nothing about a case
+    is kept in memory, so memory does not grow with the number of cases. :meth:`commit`
+    replaces any earlier prepared data there and moves the new files in, ``format.yaml``
+    last: a folder caught mid-way has no ``format.yaml`` and every reader refuses it. If
+    the writer is closed without a commit, the staging folders are removed and the outputs
+    are left as they were. Only files this format owns are ever replaced: an output folder
+    holding anything else is refused.
 
     Args:
         data_path: Output folder for the images.
-        labels_path: Output folder for ``labels.csv``.
+        labels_path: Output folder for ``labels.csv``; not the same as, nor inside,
+            ``data_path`` (and the other way round).
         image_size: Side of the images.
         labels_list: Class names in column order.
         label_type: ``multi_class`` or ``multi_label``.
+
+    Raises:
+        FormatError: If an output folder holds foreign files or the two folders overlap.
     """
 
     _DATA_OWNED = ("format.yaml", "cases.csv", "images", "sources.yaml")
@@ -269,14 +288,27 @@ class PreparedWriter:
         self.image_size = image_size
         self.labels_list = tuple(labels_list)
         self.label_type = label_type
+        data, labels = self.data_path.resolve(), self.labels_path.resolve()
+        if data == labels or data in labels.parents or labels in data.parents:
+            raise FormatError(
+                f"{self.data_path} and {self.labels_path}: the prepared data and labels "
+                "need two separate folders, neither inside the other"
+            )
         self._check_output(self.data_path, self._DATA_OWNED)
         self._check_output(self.labels_path, self._LABELS_OWNED)
+        self._committed = False
+        self._count = 0
         self._data_stage = self._fresh_stage(self.data_path)
         self._labels_stage = self._fresh_stage(self.labels_path)
         (self._data_stage / "images").mkdir()
-        self._case_ids: list[str] = []
-        self._labels: list[np.ndarray] = []
-        self._committed = False
+        self._cases_file = open(self._data_stage / "cases.csv", "w", newline="",
+                                encoding="utf-8")
+        self._labels_file = open(self._labels_stage / "labels.csv", "w", newline="",
+                                 encoding="utf-8")
+        self._cases_csv = csv.writer(self._cases_file, lineterminator="\n")
+        self._labels_csv = csv.writer(self._labels_file, lineterminator="\n")
+        self._cases_csv.writerow(["case_id"])
+        self._labels_csv.writerow(["case_id", *self.labels_list])
 
     @staticmethod
     def _check_output(folder: Path, owned: tuple[str, ...]) -> None:
@@ -297,7 +329,7 @@ class PreparedWriter:
 
     @classmethod
     def _fresh_stage(cls, folder: Path) -> Path:
-        """Create an empty staging folder inside ``folder``."""
+        """Create an empty staging folder inside ``folder`` (removing a stale one)."""
         stage = folder / cls._STAGING
         if stage.exists():
             shutil.rmtree(stage)
@@ -305,7 +337,7 @@ class PreparedWriter:
         return stage
 
     def add(self, case_id: str, image: np.ndarray, label: np.ndarray) -> None:
-        """Write one case.
+        """Write one case: its image, its ``cases.csv`` row and its ``labels.csv`` row.
 
         Args:
             case_id: Matches :data:`CASE_ID_PATTERN`; unique.
@@ -313,7 +345,8 @@ class PreparedWriter:
             label: 0/1 vector of length ``len(labels_list)``.
 
         Raises:
-            FormatError: If any argument breaks the format.
+            FormatError: If any argument breaks the format or the case id was already
+                written.
         """
         size = self.image_size
         if not CASE_ID_PATTERN.match(case_id):
@@ -323,11 +356,23 @@ class PreparedWriter:
                 f"case {case_id}: image must be uint8 ({size}, {size}), "
                 f"got {image.dtype} {image.shape}"
             )
-        if label.shape != (len(self.labels_list),):
-            raise FormatError(f"case {case_id}: label vector has shape {label.shape}")
-        np.save(self._data_stage / "images" / f"{case_id}.npy", image, allow_pickle=False)
-        self._case_ids.append(case_id)
-        self._labels.append(label.astype(np.uint8))
+        label = np.asarray(label)
+        if label.shape != (len(self.labels_list),) or not np.isin(label, (0, 1)).all():
+            raise FormatError(
+                f"case {case_id}: label must be {len(self.labels_list)} values of 0 or 1, "
+                f"got {label.tolist()}"
+            )
+        try:
+            # Exclusive creation: a repeated id (or one that differs only in case on a
+            # case-insensitive disk) is caught without remembering every id.
+            with open(self._data_stage / "images" / f"{case_id}.npy", "xb") as out:
+                np.save(out, image, allow_pickle=False)
+        except FileExistsError:
+            raise FormatError(f"case id {case_id!r} repeats; every case needs its own id"
+                              ) from None
+        self._cases_csv.writerow([case_id])
+        self._labels_csv.writerow([case_id, *(int(v) for v in label)])
+        self._count += 1
 
     def commit(self, sources: dict[str, object] | None = None) -> PreparedSpec:
         """Write the index files and move everything into the output folders.
@@ -340,51 +385,49 @@ class PreparedWriter:
             The spec written to ``format.yaml``.
 
         Raises:
-            FormatError: If no case was added or a case id repeats.
+            FormatError: If no case was added.
         """
-        if not self._case_ids:
+        if not self._count:
             raise FormatError("no case to write: the prepared data set would be empty")
-        if len(set(self._case_ids)) != len(self._case_ids):
-            raise FormatError("case ids repeat; every case needs its own id")
+        self._cases_file.close()
+        self._labels_file.close()
         spec = PreparedSpec(self.image_size, self.labels_list, self.label_type, len(self))
-        with open(self._data_stage / "cases.csv", "w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(["case_id"])
-            writer.writerows([case_id] for case_id in self._case_ids)
-        with open(self._labels_stage / "labels.csv", "w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(["case_id", *self.labels_list])
-            for case_id, label in zip(self._case_ids, self._labels):
-                writer.writerow([case_id, *(int(v) for v in label)])
         (self._data_stage / "format.yaml").write_text(spec.to_yaml(), encoding="utf-8")
         if sources is not None:
             (self._data_stage / "sources.yaml").write_text(
                 yaml.safe_dump(sources, sort_keys=False), encoding="utf-8"
             )
-        self._move_in(self._data_stage, self.data_path, self._DATA_OWNED)
+        # From here on, a crash leaves a data folder without format.yaml (refused by every
+        # reader) rather than a mix of two runs that looks valid.
+        (self.data_path / "format.yaml").unlink(missing_ok=True)
         self._move_in(self._labels_stage, self.labels_path, self._LABELS_OWNED)
+        self._move_in(self._data_stage, self.data_path, self._DATA_OWNED)
         self._committed = True
         return spec
 
     @staticmethod
     def _move_in(stage: Path, folder: Path, owned: tuple[str, ...]) -> None:
-        """Replace the owned entries of ``folder`` with the staged ones."""
-        for name in owned:
-            old = folder / name
+        """Replace the owned entries of ``folder`` with the staged ones, the first last."""
+        for name in (*owned[1:], owned[0]):
+            new, old = stage / name, folder / name
             if old.is_dir():
-                shutil.rmtree(old)
+                # Renamed aside first so that the new entry appears in one step.
+                aside = stage / f".old-{name}"
+                os.replace(old, aside)
+                shutil.rmtree(aside)
             elif old.exists():
                 old.unlink()
-        for name in owned:
-            if (stage / name).exists():
-                os.replace(stage / name, folder / name)
+            if new.exists():
+                os.replace(new, old)
         stage.rmdir()
 
     def __len__(self) -> int:
-        return len(self._case_ids)
+        return self._count
 
     def close(self) -> None:
         """Remove the staging folders if the data set was not committed."""
+        self._cases_file.close()
+        self._labels_file.close()
         if not self._committed:
             for stage in (self._data_stage, self._labels_stage):
                 shutil.rmtree(stage, ignore_errors=True)
