@@ -327,13 +327,17 @@ def _statistics_rows(run: BenchmarkRun) -> list[list[str]]:
         if stats is None:
             rows.append([_e(site), '<td class="failed">nothing released</td>', "", ""])
             continue
-        per_class = ", ".join(f"{k}: {v}" for k, v in (stats.get("cases_per_class") or {})
-                              .items())
-        formats = (stats.get("sources") or {}).get("file_format") or {}
+        formats = (stats.get("sources") or {}).get("file_format")
         rows.append([_e(site), f'<td class="number">{_e(stats.get("n_cases"))}</td>',
-                     _e(per_class or "withheld"),
-                     _e(", ".join(f"{k}: {v}" for k, v in formats.items()) or "withheld")])
+                     _e(_counts(stats.get("cases_per_class"))), _e(_counts(formats))])
     return rows
+
+
+def _counts(table: object) -> str:
+    """Render a released table of counts; a table withheld whole is a string or absent."""
+    if isinstance(table, dict) and table:
+        return ", ".join(f"{k}: {v}" for k, v in table.items())
+    return table if isinstance(table, str) else "withheld"
 
 
 def write_benchmark_report(run: BenchmarkRun) -> Path:

@@ -130,3 +130,11 @@ def test_failed_test_run_writes_a_report_and_says_where(root, tmp_path):
     assert statuses == ["failed", "not run", "not run", "not run", "not run"]
     assert "unknown class 'pnuemonia'" in page.text
     assert not broken_links(out / "report.html", page)
+
+
+def test_statistics_tables_withheld_whole_are_shown_as_withheld():
+    from cxr_tutorial.report import _counts
+
+    assert _counts({"normal": 8, "pneumonia": "<5"}) == "normal: 8, pneumonia: <5"
+    assert _counts("withheld") == "withheld"
+    assert _counts(None) == "withheld"
