@@ -242,15 +242,54 @@ def summary_text(results: list[TaskResult], metrics: dict[str, Any], output: Pat
     return "\n".join(lines)
 
 
+METRIC_COLUMNS = ("auc", "loss", "accuracy", "balanced_accuracy", "sensitivity",
+                  "specificity", "f1")
+"""Columns of the terminal table, in the order a reader scans them."""
+
+
+def _cell(value: Any) -> str:
+    """One table cell: a number, ``withheld``, ``n/a`` for an undefined figure, or blank."""
+    if value is None:
+        return "n/a"
+    return "" if value == "" else str(value)
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """Render results.yaml as a short table for the terminal."""
-    lines = [f"cases: {metrics.get('n_cases')}   "
-             f"classes: {', '.join(metrics.get('labels_list') or [])}"]
-    for name, value in (metrics.get("overall") or {}).items():
-        lines.append(f"  {name:<22} {value}")
-    for cls, figures in (metrics.get("per_class") or {}).items():
-        shown = "  ".join(f"{k}={v}" for k, v in figures.items())
-        lines.append(f"  {cls:<22} {shown}")
-    for reason in metrics.get("withheld") or []:
-        lines.append(f"  withheld: {reason}")
+    """Render ``results.yaml`` as a small table for the terminal.
+
+    Rows: the overall figures, the macro averages (with the number of classes each
+    averaged in brackets) and one row per class. ``withheld`` marks a figure the Metrics
+    cube refused to release; ``n/a`` one that is undefined at this site.
+
+    Args:
+        metrics: The content of ``results.yaml``.
+
+    Returns:
+        The table, then one line per withheld group with its reason.
+    """
+    overall = metrics.get("overall") or {}
+    header = (f"cases: {metrics.get('n_cases')}   classes: "
+              f"{', '.join(metrics.get('labels_list') or [])}   "
+              f"min_cases: {metrics.get('min_cases')}")
+    rows = [["", *(c.replace("balanced_accuracy", "bal. acc.") for c in METRIC_COLUMNS)]]
+    first = {**overall, "accuracy": overall.get("accuracy", overall.get("subset_accuracy"))}
+    rows.append(["overall", *(_cell(first.get(c, "")) if c != "auc" else "" for c in
+                              METRIC_COLUMNS)])
+    macro = []
+    for column in METRIC_COLUMNS:
+        key = f"{column}_macro"
+        if key in overall:
+            macro.append(f"{_cell(overall[key])} ({overall.get(key + '_n_classes', 0)})")
+        else:
+            macro.append("")
+    rows.append(["macro (classes)", *macro])
+    for name, figures in (metrics.get("per_class") or {}).items():
+        if isinstance(figures, dict):
+            rows.append([name, *(_cell(figures.get(c, "")) for c in METRIC_COLUMNS)])
+        else:
+            rows.append([name, *([_cell(figures)] * len(METRIC_COLUMNS))])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [header] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths))
+                        .rstrip() for row in rows]
+    lines += [f"  withheld: {reason}" for reason in metrics.get("withheld") or []]
     return "\n".join(lines)

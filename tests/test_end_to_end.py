@@ -41,7 +41,10 @@ def test_compatibility_test_passes_and_prints_metrics(demo_run):
     result, out, _ = demo_run
     assert result.returncode == 0, result.stderr
     assert "Compatibility test passed (5 tasks)" in result.stdout
-    assert "auc_macro" in result.stdout
+    results = yaml.safe_load((out / "results.yaml").read_text())
+    macro = next(line.split() for line in result.stdout.splitlines()
+                 if line.strip().startswith("macro (classes)"))
+    assert macro[2:4] == [str(results["overall"]["auc_macro"]), "(2)"]
     assert str(out / "results.yaml") in result.stdout
 
 

@@ -138,3 +138,21 @@ def test_statistics_tables_withheld_whole_are_shown_as_withheld():
     assert _counts({"normal": 8, "pneumonia": "<5"}) == "normal: 8, pneumonia: <5"
     assert _counts("withheld") == "withheld"
     assert _counts(None) == "withheld"
+
+
+def test_terminal_table_marks_withheld_and_undefined_figures():
+    from cxr_tutorial.compat import format_metrics
+
+    results = {
+        "n_cases": 12, "labels_list": ["a", "b"], "min_cases": 5,
+        "overall": {"loss": 0.4, "accuracy": "withheld", "auc_macro": 0.8,
+                    "auc_macro_n_classes": 1, "f1_macro": None, "f1_macro_n_classes": 0},
+        "per_class": {"a": {"auc": 0.8, "f1": "withheld"}, "b": {"auc": None}},
+        "withheld": ["per_class.a: f1: reason"],
+    }
+    rows = {line.split("  ")[1].strip(): line.split() for line in
+            format_metrics(results).splitlines()[2:6]}
+    assert rows["overall"][1:3] == ["0.4", "withheld"]
+    assert rows["macro (classes)"][2:] == ["0.8", "(1)", "n/a", "(0)"]
+    assert rows["b"][1] == "n/a"
+    assert format_metrics(results).splitlines()[-1] == "  withheld: per_class.a: f1: reason"
