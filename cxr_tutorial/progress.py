@@ -55,6 +55,9 @@ def tqdm(iterable: Iterable | None = None, **kwargs: Any):
         A ``tqdm.std.tqdm`` (text on stderr) or a ``tqdm.notebook.tqdm`` (a widget).
     """
     mode = progress_mode()
+    # tqdm.notebook ignores TQDM_DISABLE (only the text bar reads it), so honour it here.
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
+        kwargs.setdefault("disable", True)
     if mode == "text":
         from tqdm.std import tqdm as bar
     elif mode == "widget":

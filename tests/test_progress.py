@@ -53,3 +53,11 @@ def test_a_headless_run_streams_a_text_bar_to_the_terminal(tmp_path: Path, monke
     outputs = nbformat.read(tmp_path / "log.ipynb", as_version=4).cells[1].outputs
     assert {(o.output_type, o.name) for o in outputs} == {("stream", "stderr")}  # no widget
     assert "images: 100%" in "".join(o.text for o in outputs)
+
+
+def test_tqdm_disable_turns_the_widget_off_too(monkeypatch):
+    from cxr_tutorial.progress import tqdm
+
+    monkeypatch.setenv("CXR_TUTORIAL_PROGRESS", "widget")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert tqdm(range(3)).disable
