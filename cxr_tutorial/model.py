@@ -265,8 +265,13 @@ def train(
         loss="categorical_crossentropy" if multi_class else "binary_crossentropy",
         metrics=["categorical_accuracy" if multi_class else "binary_accuracy"],
     )
-    history = model.fit(images, labels, batch_size=settings.train_batch_size,
-                        epochs=settings.epochs, shuffle=True, verbose=0)
+    with tqdm(total=settings.epochs, desc="train", unit="epoch") as bar:
+        progress = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (
+            bar.set_postfix(loss=f"{(logs or {}).get('loss', float('nan')):.4f}",
+                            refresh=False), bar.update(1)))
+        history = model.fit(images, labels, batch_size=settings.train_batch_size,
+                            epochs=settings.epochs, shuffle=True, verbose=0,
+                            callbacks=[progress])
     logger.info("trained %d epochs on %d cases; final loss %.4f", settings.epochs,
                 len(images), history.history["loss"][-1])
     return model, history.history
