@@ -397,7 +397,8 @@ def table_text(summary: dict[str, Any], metric: str | None = None) -> str:
     """:func:`table_rows` as aligned plain text."""
     rows = table_rows(summary, metric)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
 
 
 def _write_atomic(path: Path, text: str) -> None:
