@@ -57,6 +57,22 @@ def _mlcube() -> Path:
     return MLCUBE
 
 
+def _folder_without_h() -> Path:
+    """A new temporary folder whose path has no letter "h".
+
+    mlcube parses its options with click, which reads every letter of an unknown short
+    option such as ``-Pdocker.docker=PATH`` as a flag of its own: an "h" anywhere in PATH
+    turns the run into ``--help``, which exits with status 0 and runs nothing.
+    """
+    parent = tempfile.gettempdir() if "h" not in tempfile.gettempdir() else "/tmp"
+    for _ in range(100):
+        folder = Path(tempfile.mkdtemp(prefix="cxr-mlcube-", dir=parent))
+        if "h" not in str(folder):
+            return folder
+        folder.rmdir()
+    raise RuntimeError("no temporary folder without an 'h' in its path")
+
+
 def _container_like() -> list[str]:
     """A command prefix that runs like a container, where this machine allows it."""
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
@@ -128,7 +144,7 @@ class Chain:
 @pytest.fixture(scope="module")
 def chain() -> Chain:
     _mlcube()
-    base = Path(tempfile.mkdtemp(prefix="cxr-mlcube-"))
+    base = _folder_without_h()
     base.chmod(0o755)  # nobody must be able to reach its outputs in here
     out = {name: base / name for name in ("data", "labels", "stats", "predictions",
                                           "trained", "results")}
