@@ -480,13 +480,19 @@ def test_no_small_count_can_be_recomputed_from_the_total():
                 assert possible[key] == set(range(1, minimum)), (table, shown)
 
 
-def test_statistics_suppress_small_counts_and_their_complements(tmp_path, raw_site,
-                                                                prep_parameters):
+def _raw_site_statistics(tmp_path, raw_site, prep_parameters, min_group_size: int) -> dict:
+    """Prepare the raw site at 32 px, then write its statistics to ``stats.yaml``."""
     images, labels = raw_site
-    settings = load_prep_settings(prep_parameters, image_size=32, min_group_size=4)
+    settings = load_prep_settings(prep_parameters, image_size=32,
+                                  min_group_size=min_group_size)
     data, out_labels = _outputs(tmp_path)
     prepare(images, labels, data, out_labels, settings)
-    result = statistics(data, out_labels, tmp_path / "stats.yaml", settings)
+    return statistics(data, out_labels, tmp_path / "stats.yaml", settings)
+
+
+def test_statistics_suppress_small_counts_and_their_complements(tmp_path, raw_site,
+                                                                prep_parameters):
+    result = _raw_site_statistics(tmp_path, raw_site, prep_parameters, min_group_size=4)
     text = (tmp_path / "stats.yaml").read_text()
     assert text.startswith("# Summary of a prepared data set") and "'<4'" in text
     assert yaml.safe_load(text) == result
@@ -502,11 +508,7 @@ def test_statistics_suppress_small_counts_and_their_complements(tmp_path, raw_si
 
 def test_statistics_of_a_tiny_site_reveal_only_that_it_is_tiny(tmp_path, raw_site,
                                                               prep_parameters):
-    images, labels = raw_site
-    settings = load_prep_settings(prep_parameters, image_size=32, min_group_size=10)
-    data, out_labels = _outputs(tmp_path)
-    prepare(images, labels, data, out_labels, settings)
-    result = statistics(data, out_labels, tmp_path / "stats.yaml", settings)
+    result = _raw_site_statistics(tmp_path, raw_site, prep_parameters, min_group_size=10)
     assert result == {"min_group_size": 10, "n_cases": "<10"}
 
 
