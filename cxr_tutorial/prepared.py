@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import io
 import os
 import re
 import shutil
@@ -90,6 +92,7 @@ class PreparedDataset(Sequence[np.ndarray]):
         self.path = path
         self.spec = spec
         self.case_ids = case_ids
+        self._header = _npy_header(spec.image_size)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -136,9 +139,44 @@ class PreparedDataset(Sequence[np.ndarray]):
             ``(case_ids, images)`` with ``images`` of shape ``(n, size, size, 1)``,
             ``uint8``.
         """
+        size = self.spec.image_size
         for start in range(0, len(self.case_ids), batch_size):
             ids = self.case_ids[start : start + batch_size]
-            yield ids, np.stack([self.read(case_id) for case_id in ids])[..., np.newaxis]
+            images = np.empty((len(ids), size, size, 1), dtype=np.uint8)
+            for i, case_id in enumerate(ids):
+                self._read_into(case_id, images[i, :, :, 0])
+            yield ids, images
+
+    def _read_into(self, case_id: str, out: np.ndarray) -> None:
+        """Read one case into ``out``, a ``(size, size)`` ``uint8`` view.
+
+        A file as :class:`PreparedWriter` writes it starts with exactly the header that
+        ``np.save`` gives a ``uint8`` ``(size, size)`` array, so comparing those bytes
+        checks dtype, shape and order at once, and the pixels are copied straight from
+        the bytes read: about five times faster than ``np.load``. Any other file goes
+        through :meth:`read`, which accepts what ``np.load`` reads and explains the rest.
+        """
+        header = self._header
+        try:
+            fd = os.open(self.image_path(case_id), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                data = os.read(fd, len(header) + out.size + 1)
+            finally:
+                os.close(fd)
+        except OSError:
+            data = b""
+        if len(data) == len(header) + out.size and data.startswith(header):
+            out.reshape(-1)[:] = np.frombuffer(data, dtype=np.uint8, offset=len(header))
+        else:
+            out[...] = self.read(case_id)
+
+
+@functools.lru_cache(maxsize=8)
+def _npy_header(image_size: int) -> bytes:
+    """The bytes ``np.save`` writes before the pixels of a prepared image."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((image_size, image_size), dtype=np.uint8), allow_pickle=False)
+    return buffer.getvalue()[: -image_size * image_size]
 
 
 def open_prepared(path: str | Path) -> PreparedDataset:

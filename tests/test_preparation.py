@@ -321,6 +321,50 @@ def test_writer_memory_does_not_grow_with_the_number_of_cases(tmp_path):
     assert peaks[1] < peaks[0] + 100_000, peaks
 
 
+def _written(tmp_path: Path, n: int = 5) -> tuple[Path, list[np.ndarray]]:
+    """A prepared folder of ``n`` 16 px cases with distinct pixels, and those pixels."""
+    rng = np.random.default_rng(n)
+    images = [rng.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(n)]
+    with PreparedWriter(tmp_path / "d", tmp_path / "l", 16, ("a", "b"), "multi_class") as w:
+        for i, image in enumerate(images):
+            w.add(f"case-{i + 1:05d}", image, np.array([1, 0]))
+        w.commit()
+    return tmp_path / "d", images
+
+
+def test_batches_return_the_written_pixels_in_order(tmp_path):
+    data, images = _written(tmp_path)
+    dataset = open_prepared(data)
+    batches = list(dataset.batches(2))
+    assert [ids for ids, _ in batches] == [["case-00001", "case-00002"],
+                                           ["case-00003", "case-00004"], ["case-00005"]]
+    stacked = np.concatenate([b for _, b in batches])
+    assert stacked.dtype == np.uint8 and stacked.shape == (5, 16, 16, 1)
+    np.testing.assert_array_equal(stacked[..., 0], np.stack(images))
+    np.testing.assert_array_equal(dataset.read("case-00004"), images[3])
+
+
+def test_batches_read_any_valid_npy_and_name_a_bad_one(tmp_path):
+    data, images = _written(tmp_path)
+    # Fortran order and a big-endian header are valid .npy files of the same pixels.
+    np.save(data / "images" / "case-00002.npy", np.asfortranarray(images[1]))
+    np.save(data / "images" / "case-00003.npy", images[2].astype(">u1"))
+    got = np.concatenate([b for _, b in open_prepared(data).batches(5)])[..., 0]
+    np.testing.assert_array_equal(got, np.stack(images))
+    bad = data / "images" / "case-00004.npy"
+    for content, expected in ((images[3].astype(np.int16), r"expected uint8 array"),
+                              (images[3][:8], r"expected .* got uint8 \(8, 16\)")):
+        np.save(bad, content)
+        with pytest.raises(FormatError, match=rf"case-00004\.npy: {expected}"):
+            list(open_prepared(data).batches(2))
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(FormatError, match=r"case-00004\.npy: cannot read prepared image"):
+        list(open_prepared(data).batches(2))
+    bad.unlink()
+    with pytest.raises(FormatError, match=r"case-00004\.npy: cannot read prepared image"):
+        list(open_prepared(data).batches(2))
+
+
 def test_writer_refuses_a_repeated_id_and_overlapping_folders(tmp_path):
     image, label = np.ones((16, 16), dtype=np.uint8), np.array([1, 0])
     with PreparedWriter(tmp_path / "d", tmp_path / "l", 16, ("a", "b"), "multi_class") as w:
