@@ -8,7 +8,7 @@ Run from the repository root, in the project's environment::
 Each round measures, one after the other on the demo data:
 
 - the **floor**: one fresh Python process that calls the same package functions as the
-  five tasks (prepare, sanity_check, statistics, load_weights + predict_dataset +
+  five tasks (prepare, sanity_check, statistics, load_model + predict_dataset +
   write_predictions, evaluate), timing each, imports included;
 - the **runner**: ``cxr-tutorial test`` as a user types it (a fresh process, one kernel
   per task, the executed notebooks rendered and the HTML report written), its wall time
@@ -56,14 +56,14 @@ t = timed("sanity_check", t)
 statistics(out / "data", out / "labels", out / "statistics.yaml", prep)
 t = timed("statistics", t)
 tf_before_infer = "tensorflow" in sys.modules
-from cxr_tutorial.model import load_model_settings, load_weights, predict_dataset
+from cxr_tutorial.model import load_model, load_model_settings, predict_dataset
 from cxr_tutorial.predictions import write_predictions
 from cxr_tutorial.prepared import open_prepared
 model_settings = load_model_settings(cubes / "model_custom_cnn" / "workspace" / "parameters.yaml")
 dataset = open_prepared(out / "data")
-model = load_weights(cubes / "model_custom_cnn" / "workspace" / "additional_files"
-                     / model_settings.weights_file, dataset.spec.image_size,
-                     len(model_settings.labels_list))
+model = load_model(cubes / "model_custom_cnn" / "workspace" / "additional_files"
+                   / model_settings.weights_file, dataset.spec.image_size,
+                   len(model_settings.labels_list))
 write_predictions(out / "predictions", predict_dataset(model, dataset, model_settings.batch_size),
                   len(model_settings.labels_list))
 t = timed("infer", t)
