@@ -39,7 +39,6 @@ from cxr_tutorial import __version__, logger
 from cxr_tutorial.errors import FormatError
 
 if TYPE_CHECKING:
-    import keras
     import onnx
 
 SOURCE_FILE_KEY = "cxr_tutorial.source_file"
@@ -181,15 +180,17 @@ def _consumers(graph: onnx.GraphProto, tensor: str) -> list[Any]:
 
 
 def _bypass(graph: onnx.GraphProto, node: Any, kept_input: str) -> None:
-    """Remove ``node``, feeding its consumers (or the graph output) ``kept_input``."""
+    """Remove ``node``, feeding its consumers ``kept_input`` instead of its output.
+
+    A node whose output is the graph's output stays: the output keeps its producer.
+    """
     produced = node.output[0]
+    if any(output.name == produced for output in graph.output):
+        return
     for other in graph.node:
         for i, name in enumerate(other.input):
             if name == produced:
                 other.input[i] = kept_input
-    for output in graph.output:
-        if output.name == produced:  # keep the graph's output name: rename the producer
-            return
     graph.node.remove(node)
 
 
