@@ -8,6 +8,7 @@ Most tests call the package directly on small prepared data sets; three run the 
 from __future__ import annotations
 
 import copy
+import gc
 import importlib.util
 import json
 import os
@@ -313,6 +314,7 @@ def test_streaming_memory_does_not_grow_with_the_number_of_cases(tmp_path):
     for n in (24, 240):
         data, _, _ = write_prepared(tmp_path / str(n), n, size=size)
         dataset = open_prepared(data)
+        gc.collect()  # no earlier test's garbage finalised (and traced) in here
         tracemalloc.start()
         cm.predict_dataset(owner, dataset, 8)
         peaks[n] = tracemalloc.get_traced_memory()[1]
