@@ -116,7 +116,6 @@ class ModelSettings:
         if not self.learning_rate > 0:
             raise ConfigError(f"{path}: learning_rate must be positive")
 
-
     @property
     def keras_file(self) -> str:
         """The Keras file ``train`` writes: ``weights_file``, or its stem + ``.keras``."""
