@@ -268,7 +268,6 @@ def execute_notebook(
     parameters: dict[str, str],
     log: Path,
     what: str,
-    kernels: KernelPool | None = None,
     kernel: _Kernel | None = None,
 ) -> float:
     """Execute a notebook with papermill, turning failures into a short TaskError.
@@ -278,13 +277,13 @@ def execute_notebook(
         parameters: Values injected after its ``parameters`` cell.
         log: Where the executed notebook is written (kept on failure too).
         what: How to name the task in messages, e.g. ``"task 'prepare' of cxr-data..."``.
-        kernels: Where to take the kernel from (default: one launched now).
-        kernel: A kernel already taken for this notebook (from ``kernels`` or not); this
-            function shuts it down in every case.
+        kernel: A kernel already launched in the notebook's folder, e.g. taken from a
+            :class:`KernelPool` (default: one launched now). This function shuts it down
+            in every case.
 
     Returns:
         Wall-clock seconds, including the part of the kernel's boot not already done
-        ahead by ``kernels``.
+        before the call.
 
     Raises:
         TaskError: Naming the step and cell that failed, the error and the log.
@@ -292,8 +291,8 @@ def execute_notebook(
     start = time.perf_counter()
     # The kernel starts in the notebook's folder. papermill's own cwd option would change
     # this whole process's folder, which is not safe when sites run in parallel threads.
-    # Taking the kernel first lets it boot while papermill is imported.
-    kernel = kernel or (kernels or KernelPool(1)).take(notebook.parent)
+    # Launching the kernel first lets it boot while papermill is imported.
+    kernel = kernel or _Kernel(notebook.parent)
     try:
         import papermill
         from papermill.exceptions import PapermillExecutionError
