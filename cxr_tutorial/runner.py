@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from cxr_tutorial import logger
 from cxr_tutorial.errors import ConfigError, TaskError
 from cxr_tutorial.mlcube import Cube, load_cube, resolve_parameters
@@ -91,6 +89,8 @@ def _snapshot(paths: list[Path]) -> dict[str, tuple[int, int]]:
 def _failed_step(log: Path, cell_index: int) -> str:
     """Describe the failing cell: the heading of the step it belongs to, and its number."""
     try:
+        import nbformat  # not at the top: it would delay every task's kernel by 0.1 s
+
         cells = nbformat.read(log, as_version=4).cells
     except Exception:  # noqa: BLE001 - the description is a courtesy; never mask the error
         return f"cell {cell_index}"
