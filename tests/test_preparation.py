@@ -362,9 +362,16 @@ def test_batches_read_any_valid_npy_and_name_a_bad_one(tmp_path):
     # Fortran order and a big-endian header are valid .npy files of the same pixels.
     np.save(data / "images" / "case-00002.npy", np.asfortranarray(images[1]))
     np.save(data / "images" / "case-00003.npy", images[2].astype(">u1"))
+    # One byte past the pixels: the direct reader declines it after filling the batch's
+    # slot, and np.load's pixels, which ignore the extra byte, must replace what it wrote.
+    extra = data / "images" / "case-00005.npy"
+    extra.write_bytes(extra.read_bytes() + b"\xff")
     got = np.concatenate([b for _, b in open_prepared(data).batches(5)])[..., 0]
     np.testing.assert_array_equal(got, np.stack(images))
     bad = data / "images" / "case-00004.npy"
+    bad.write_bytes(bad.read_bytes()[:-10])  # header intact, pixels cut short
+    with pytest.raises(FormatError, match=r"case-00004\.npy: cannot read prepared image"):
+        list(open_prepared(data).batches(2))
     for content, expected in ((images[3].astype(np.int16), r"expected uint8 array"),
                               (images[3][:8], r"expected .* got uint8 \(8, 16\)")):
         np.save(bad, content)
