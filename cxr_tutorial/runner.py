@@ -86,14 +86,26 @@ def _snapshot(paths: list[Path]) -> dict[str, tuple[int, int]]:
     return state
 
 
-def _failed_step(log: Path, cell_index: int) -> str:
-    """Describe the failing cell: the heading of the step it belongs to, and its number."""
+def _failed_step(log: Path, cell_index: int | None = None) -> str:
+    """Describe the failing cell: the heading of the step it belongs to, and its number.
+
+    Args:
+        log: The executed notebook.
+        cell_index: The failing cell's index among all cells (default: the last cell that
+            started, which is where a run whose kernel died stopped).
+    """
     try:
         import nbformat  # not at the top: it would delay every task's kernel by 0.1 s
 
         cells = nbformat.read(log, as_version=4).cells
     except Exception:  # noqa: BLE001 - the description is a courtesy; never mask the error
-        return f"cell {cell_index}"
+        return "an unknown cell" if cell_index is None else f"cell {cell_index}"
+    if cell_index is None:
+        started = [i for i, cell in enumerate(cells)
+                   if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+        if not started:
+            return "before its first cell"
+        cell_index = started[-1]
     heading = ""
     for cell in cells[: cell_index + 1]:
         if cell.cell_type == "markdown":
@@ -104,7 +116,7 @@ def _failed_step(log: Path, cell_index: int) -> str:
     return f"code cell {number}" + (f" (step '{heading}')" if heading else "")
 
 
-def _wait_for_ready(client: Any, timeout: float | None = None) -> None:
+async def _wait_for_ready(client: Any, timeout: float | None = None) -> None:
     """Wait until a kernel answers, like ``KernelClient.wait_for_ready`` but 0.2 s sooner.
 
     jupyter_client's version ends by draining IOPub until it has been silent for 0.2 s,
@@ -115,7 +127,7 @@ def _wait_for_ready(client: Any, timeout: float | None = None) -> None:
     output channel is connected before the first cell runs.
 
     Args:
-        client: A blocking kernel client with started channels.
+        client: An asynchronous kernel client with started channels.
         timeout: Seconds to wait for the reply (``None``: no limit).
 
     Raises:
@@ -125,24 +137,24 @@ def _wait_for_ready(client: Any, timeout: float | None = None) -> None:
     while True:
         client.kernel_info()
         try:
-            reply = client.shell_channel.get_msg(timeout=1)
+            reply = await client.shell_channel.get_msg(timeout=1)
         except queue.Empty:
             reply = None
         if reply is not None and reply["msg_type"] == "kernel_info_reply":
             try:
-                client.iopub_channel.get_msg(timeout=0.2)
+                await client.iopub_channel.get_msg(timeout=0.2)
             except queue.Empty:
                 pass  # IOPub not connected yet: ask again
             else:
                 client._handle_kernel_info_reply(reply)
                 break
-        if not client.is_alive():
+        if not await client.is_alive():
             raise RuntimeError("Kernel died before replying to kernel_info")
         if time.monotonic() > deadline:
             raise RuntimeError(f"Kernel didn't respond in {timeout} seconds")
     while True:
         try:
-            client.iopub_channel.get_msg(timeout=0.005)
+            await client.iopub_channel.get_msg(timeout=0.005)
         except queue.Empty:
             return
 
@@ -150,18 +162,24 @@ def _wait_for_ready(client: Any, timeout: float | None = None) -> None:
 class _Kernel:
     """One kernel process, started in a folder, listening on local sockets.
 
-    Local sockets rather than TCP ports: nothing listens on the network.
+    Local sockets rather than TCP ports: nothing listens on the network. The manager is
+    jupyter_client's asynchronous one, as nbclient expects: with a blocking client,
+    nbclient waits for a cell's reply in a call that never returns if the kernel dies
+    (killed for memory, a crash in native code), and the task would hang instead of
+    failing.
     """
 
     def __init__(self, cwd: Path) -> None:
-        from jupyter_client.manager import KernelManager
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
 
         for key, value in _KERNEL_ENV.items():
             os.environ.setdefault(key, value)
         self.cwd = cwd
+        self._run_sync = run_sync  # nbclient runs its loop the same way, one per thread
         self._sockets = tempfile.TemporaryDirectory(prefix="cxr-kernel-")
-        self.manager = KernelManager(kernel_name="python3", transport="ipc",
-                                     ip=str(Path(self._sockets.name) / "kernel"))
+        self.manager = AsyncKernelManager(kernel_name="python3", transport="ipc",
+                                          ip=str(Path(self._sockets.name) / "kernel"))
         # papermill does not stop the channels of a client made from a manager it was
         # given; remember each client so that shutdown() can.
         self._clients: list[Any] = []
@@ -176,10 +194,15 @@ class _Kernel:
         self.manager.client = client  # type: ignore[method-assign]
         try:
             # Returns once the process is launched; the kernel boots on its own meanwhile.
-            self.manager.start_kernel(cwd=str(cwd), extra_arguments=list(_KERNEL_ARGS))
+            run_sync(self.manager.start_kernel)(cwd=str(cwd),
+                                                extra_arguments=list(_KERNEL_ARGS))
         except BaseException:
             self._sockets.cleanup()
             raise
+
+    def is_alive(self) -> bool:
+        """Whether the kernel's process is running."""
+        return bool(self._run_sync(self.manager.is_alive)())
 
     def shutdown(self) -> None:
         """Stop the clients' channels and the kernel, and remove its sockets."""
@@ -188,7 +211,7 @@ class _Kernel:
                 made.stop_channels()
             if self.manager.has_kernel:
                 self._kill_now()
-                self.manager.shutdown_kernel(now=True)
+                self._run_sync(self.manager.shutdown_kernel)(now=True)
         finally:
             self._sockets.cleanup()
 
@@ -295,6 +318,7 @@ def execute_notebook(
     kernel = kernel or _Kernel(notebook.parent)
     try:
         import papermill
+        from nbclient.exceptions import DeadKernelError
         from papermill.exceptions import PapermillExecutionError
     except BaseException:
         kernel.shutdown()
@@ -316,7 +340,13 @@ def execute_notebook(
             f"{what} failed in {notebook.name}, {_failed_step(log, exc.cell_index)}:\n"
             f"{exc.ename}: {evalue}\nThe executed notebook is kept as the log: {log}"
         ) from None
-    except Exception as exc:  # kernel death, timeouts, unreadable notebook
+    except DeadKernelError:
+        raise TaskError(
+            f"{what} failed in {notebook.name}, {_failed_step(log)}: its kernel died (the "
+            "process ended: out of memory, or a crash in native code).\n"
+            f"The executed notebook, with the output until then, is kept as the log: {log}"
+        ) from None
+    except Exception as exc:  # timeouts, unreadable notebook
         raise TaskError(
             f"{what} could not run {notebook.name}: {type(exc).__name__}: {exc}\n"
             f"Log (may be partial): {log}"

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cxr_tutorial.compat import TestPlan, plan_steps, run_step
+from cxr_tutorial.errors import TaskError
 from cxr_tutorial.runner import KernelPool, execute_notebook
 
 HEAVY = ("tensorflow", "keras")
@@ -87,10 +88,10 @@ def test_kernel_pool_launches_one_kernel_ahead_and_never_beyond(tmp_path):
     with KernelPool(2) as pool:
         first = pool.take(tmp_path)
         ahead = pool._next  # launched while the first task would run
-        assert ahead is not None and ahead.manager.is_alive()
+        assert ahead is not None and ahead.is_alive()
         second = pool.take(tmp_path)
         assert second is ahead and pool._next is None  # two planned, two launched
-        assert first.manager.is_alive() and first is not second
+        assert first.is_alive() and first is not second
         for kernel in (first, second):
             kernel.shutdown()
             assert not kernel.manager.has_kernel
@@ -103,3 +104,39 @@ def test_kernel_pool_launches_one_kernel_ahead_and_never_beyond(tmp_path):
         other.shutdown()
         leftover = pool._next
     assert leftover is not None and not leftover.manager.has_kernel  # closed on exit
+
+
+def _cells_notebook(path: Path, sources: list[str]) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Steps")]
+    nb.cells += [nbformat.v4.new_code_cell(source) for source in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("ending", ["completes", "raises", "kernel dies"])
+def test_the_log_holds_every_executed_cell_however_the_run_ends(tmp_path, ending):
+    # A dead kernel used to hang the task: the blocking client waited for a reply forever.
+    last = {"completes": "print('last')", "raises": "raise ValueError('bad row 7')",
+            "kernel dies": "import os\nos._exit(3)"}[ending]
+    sources = [f"print('step {i}')" for i in range(8)] + [last]
+    notebook = _cells_notebook(tmp_path / "steps.ipynb", sources)
+    log = tmp_path / "log.ipynb"
+    if ending == "completes":
+        execute_notebook(notebook, {}, log, "test")
+    else:
+        expected = ("bad row 7" if ending == "raises" else
+                    r"failed in steps\.ipynb, code cell 9 \(step 'Steps'\): its kernel died")
+        with pytest.raises(TaskError, match=expected):
+            execute_notebook(notebook, {}, log, "test")
+    cells = [c for c in nbformat.read(log, as_version=4).cells if c.cell_type == "code"]
+    printed = [c.outputs[0]["text"].strip() for c in cells[:8]]
+    assert printed == [f"step {i}" for i in range(8)]
+    statuses = [c.metadata.papermill["status"] for c in cells[:8]]
+    assert statuses == ["completed"] * 8
+    if ending == "raises":
+        assert cells[8].outputs[-1]["ename"] == "ValueError"
+    if ending == "completes":
+        assert cells[8].outputs[0]["text"].strip() == "last"
