@@ -15,6 +15,7 @@ import yaml
 
 from cxr_tutorial.compat import TestPlan, plan_steps, run_step
 from cxr_tutorial.errors import TaskError
+from cxr_tutorial import runner
 from cxr_tutorial.runner import KernelPool, execute_notebook
 
 HEAVY = ("tensorflow", "keras")
@@ -117,8 +118,12 @@ def _cells_notebook(path: Path, sources: list[str]) -> Path:
 
 
 @pytest.mark.parametrize("ending", ["completes", "raises", "kernel dies"])
-def test_the_log_holds_every_executed_cell_however_the_run_ends(tmp_path, ending):
+def test_the_log_holds_every_executed_cell_however_the_run_ends(tmp_path, monkeypatch,
+                                                               ending):
     # A dead kernel used to hang the task: the blocking client waited for a reply forever.
+    # The log is rewritten at cell boundaries at most once a second; with no rewrite at all
+    # between the first and the last write, the last must happen on every path.
+    monkeypatch.setattr(runner, "_LOG_SAVE_INTERVAL", 3600.0)
     last = {"completes": "print('last')", "raises": "raise ValueError('bad row 7')",
             "kernel dies": "import os\nos._exit(3)"}[ending]
     sources = [f"print('step {i}')" for i in range(8)] + [last]
