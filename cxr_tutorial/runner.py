@@ -36,7 +36,6 @@ _KERNEL_ENV = {
     "KERAS_BACKEND": "tensorflow",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "TF_ENABLE_ONEDNN_OPTS": "0",
-    "PYDEVD_DISABLE_FILE_VALIDATION": "1",
 }
 # IPython's history would open an SQLite file per kernel; a task never needs it.
 _KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]
@@ -170,8 +169,18 @@ class _Kernel:
     """
 
     def __init__(self, cwd: Path) -> None:
+        from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
+
+        class TaskKernelSpecs(KernelSpecManager):  # type: ignore[misc]
+            """Every name resolves to this interpreter's kernel (see cxr_tutorial.kernel)."""
+
+            def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+                return KernelSpec(argv=[sys.executable, "-m", "cxr_tutorial.kernel", "-f",
+                                        "{connection_file}"],
+                                  display_name="Python 3 (cxr-tutorial task)",
+                                  language="python")
 
         for key, value in _KERNEL_ENV.items():
             os.environ.setdefault(key, value)
@@ -179,7 +188,8 @@ class _Kernel:
         self._run_sync = run_sync  # nbclient runs its loop the same way, one per thread
         self._sockets = tempfile.TemporaryDirectory(prefix="cxr-kernel-")
         self.manager = AsyncKernelManager(kernel_name="python3", transport="ipc",
-                                          ip=str(Path(self._sockets.name) / "kernel"))
+                                          ip=str(Path(self._sockets.name) / "kernel"),
+                                          kernel_spec_manager=TaskKernelSpecs())
         # papermill does not stop the channels of a client made from a manager it was
         # given; remember each client so that shutdown() can.
         self._clients: list[Any] = []

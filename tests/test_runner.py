@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -145,3 +146,24 @@ def test_the_log_holds_every_executed_cell_however_the_run_ends(tmp_path, monkey
         assert cells[8].outputs[-1]["ename"] == "ValueError"
     if ending == "completes":
         assert cells[8].outputs[0]["text"].strip() == "last"
+
+
+def test_tasks_run_in_this_interpreter_whatever_python3_kernel_is_installed(
+        tmp_path, monkeypatch):
+    # A "python3" kernel spec in a JUPYTER_PATH folder takes precedence over the
+    # environment's; this one exits at once, as another Python without this package would
+    # fail at its first import.
+    data = tmp_path / "jupyter-path"
+    spec = data / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-c", "raise SystemExit(7)", "{connection_file}"],
+        "display_name": "someone else's Python", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    notebook = _cells_notebook(tmp_path / "which.ipynb", [
+        "import sys\nprint(sys.executable)", "print(sys.modules.get('debugpy') is None)"])
+    log = tmp_path / "log.ipynb"
+    execute_notebook(notebook, {}, log, "test")
+    cells = [c for c in nbformat.read(log, as_version=4).cells if c.cell_type == "code"]
+    assert cells[0].outputs[0]["text"].strip() == sys.executable
+    assert cells[1].outputs[0]["text"].strip() == "True"  # started without its debugger
