@@ -3,10 +3,12 @@
 For each N, the script writes N prepared cases (random images, through the package's
 ``PreparedWriter``), runs the ``infer`` task through the native runner exactly as
 ``cxr-tutorial run`` does, and times the whole call: input checks, kernel start, imports,
-loading the model, predicting and writing. Then, in this process, it times the floor: the
-same model's Keras ``predict`` on the same N images held in memory, with TensorFlow's
-oneDNN kernels, after a warm-up, at the fastest of batch sizes 16, 32 and 64. It prints
-cases per second and the ratio cube / floor.
+loading the model, predicting and writing. In this process it times the floor: the same
+model's Keras ``predict`` on the same N images held in memory, with TensorFlow's oneDNN
+kernels, after tracing, at the fastest of batch sizes 16, 32 and 64 (picked in a warm-up).
+Cube and floor run in turn, ``--repeat`` rounds, so that a machine whose speed drifts
+(shared cores) slows both alike. It prints cases per second, the ratio of the fastest
+cube run to the fastest floor run, and the median of the rounds' own ratios.
 
 The cube runs whatever ``weights_file`` names: the reference cube's ONNX export of the
 Keras model, by default. So that no reader mistakes the runtime's speed for the cube's
@@ -20,7 +22,7 @@ that the cube predicted what the Keras floor predicted.
 Run from the repository folder::
 
     .venv/bin/python bench/bench_infer.py                 # N = 5,000
-    .venv/bin/python bench/bench_infer.py --n 500 5000 --batch-size 64 --repeat 3
+    .venv/bin/python bench/bench_infer.py --n 500 5000 --batch-size 64 --repeat 9
     .venv/bin/python bench/bench_infer.py --weights-file weights.keras  # the Keras path
 
 The machine's load (``os.getloadavg``) is printed with the figures: on a shared machine,
@@ -34,6 +36,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -112,35 +115,37 @@ def _timed(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
     return time.perf_counter() - start, out
 
 
-def run_floor(images: np.ndarray, settings: Any) -> tuple[float, int, np.ndarray]:
-    """Time the Keras model's ``predict`` on the images held in memory.
-
-    Returns:
-        ``(seconds, batch size, probabilities)`` at the fastest batch size.
-    """
+def floor_model(settings: Any) -> Any:
+    """The cube's Keras model, loaded with oneDNN on, for the floor."""
     from cxr_tutorial.model import load_weights, use_onednn
 
     if not use_onednn(True):
         print("note: TensorFlow already runs without oneDNN in this process; the floor uses "
               "its portable kernels, a slower floor")
-    model = load_weights(CUBE / "workspace" / "additional_files" / settings.keras_file,
-                         settings.image_size, len(settings.labels_list))
-    runs = []
-    for batch_size in FLOOR_BATCH_SIZES:
-        model.predict(images[:batch_size], batch_size=batch_size, verbose=0)  # tracing
-        start = time.perf_counter()
-        out = model.predict(images, batch_size=batch_size, verbose=0)
-        runs.append((time.perf_counter() - start, batch_size, out))
-    return min(runs, key=lambda run: run[0])
+    return load_weights(CUBE / "workspace" / "additional_files" / settings.keras_file,
+                        settings.image_size, len(settings.labels_list))
 
 
-def run_runtime(images: np.ndarray, settings: Any) -> float:
+def run_floor(model: Any, images: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
+    """Time the Keras model's ``predict`` on the images held in memory, after tracing.
+
+    Returns:
+        ``(seconds, probabilities)``.
+    """
+    model.predict(images[:batch_size], batch_size=batch_size, verbose=0)  # tracing
+    start = time.perf_counter()
+    out = model.predict(images, batch_size=batch_size, verbose=0)
+    return time.perf_counter() - start, out
+
+
+def fastest_floor_batch(model: Any, images: np.ndarray) -> int:
+    """The batch size among :data:`FLOOR_BATCH_SIZES` at which ``predict`` is fastest."""
+    return min(FLOOR_BATCH_SIZES, key=lambda size: run_floor(model, images, size)[0])
+
+
+def run_runtime(model: Any, images: np.ndarray, batch_size: int) -> float:
     """Time the cube's own model file in its runtime, in memory, at the cube's batch size."""
-    from cxr_tutorial.model import load_model
-
-    model = load_model(CUBE / "workspace" / "additional_files" / settings.weights_file,
-                       settings.image_size, len(settings.labels_list))
-    return _timed(model.predict, images, settings.batch_size)[0]
+    return _timed(model.predict, images, batch_size)[0]
 
 
 def max_difference(predictions_file: Path, ids: list[str], probabilities: np.ndarray) -> float:
@@ -171,8 +176,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--onednn", choices=["true", "false"], default=None,
                         help="TensorFlow's oneDNN kernels in the cube, for a .keras file "
                              "(default: its parameters.yaml); the floor always uses them")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="runs of cube and floor per N; the fastest of each is kept")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="rounds of cube, floor and runtime per N, in turn; the fastest "
+                             "of each is kept (default: 5)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="write the generated data and outputs here instead of a "
                              "temporary folder")
@@ -180,24 +186,37 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_size(n: int, folder: Path, parameters_file: Path, repeat: int) -> float:
-    """Benchmark one N; print its row and return the largest cube - floor difference."""
-    from cxr_tutorial.model import load_model_settings
+    """Benchmark one N; print its row and return the largest cube - floor difference.
+
+    After a warm-up that picks the floor's batch size, the cube, the floor and the runtime
+    run in turn, ``repeat`` rounds: on a shared machine whose speed drifts over seconds,
+    each round sees about the same conditions for all three. The row shows the fastest
+    run of each, and the median of the rounds' own cube / floor ratios.
+    """
+    from cxr_tutorial.model import load_model, load_model_settings
 
     settings = load_model_settings(parameters_file)
     data = write_cases(folder, n, settings.image_size, list(settings.labels_list),
                        settings.label_type)
-    cube_s, predict_s, peak_mb = min(run_cube(data, parameters_file, folder / f"predictions{r}")
-                                     for r in range(repeat))
     images, ids = in_memory(data)
-    floor_s, floor_batch, probabilities = min((run_floor(images, settings)
-                                               for _ in range(repeat)), key=lambda r: r[0])
-    runtime_s = min(run_runtime(images, settings) for _ in range(repeat))
+    keras_model = floor_model(settings)
+    floor_batch = fastest_floor_batch(keras_model, images)
+    runtime = load_model(CUBE / "workspace" / "additional_files" / settings.weights_file,
+                         settings.image_size, len(settings.labels_list))
+    cubes, floors, runtimes = [], [], []
+    for r in range(repeat):
+        cubes.append(run_cube(data, parameters_file, folder / f"predictions{r}"))
+        floors.append(run_floor(keras_model, images, floor_batch))
+        runtimes.append(run_runtime(runtime, images, settings.batch_size))
+    cube_s, predict_s, peak_mb = min(cubes)
+    floor_s, probabilities = min(floors, key=lambda run: run[0])
+    median_ratio = statistics.median(c[0] / f[0] for c, f in zip(cubes, floors))
     diff = max_difference(folder / "predictions0" / "predictions.json", ids, probabilities)
     fixed_s = cube_s - predict_s
     print(f"{n:>7} {cube_s:>8.2f} {n / cube_s:>8.0f} {floor_s:>8.2f} {n / floor_s:>8.0f} "
-          f"{cube_s / floor_s:>6.2f} | {floor_batch:>5} {runtime_s:>9.2f} {predict_s:>9.2f} "
-          f"{fixed_s:>7.2f} {peak_mb:>7.0f} {diff:>8.1e} "
-          f"{break_even(n, fixed_s, predict_s, floor_s):>11}", flush=True)
+          f"{cube_s / floor_s:>6.2f} {median_ratio:>6.2f} | {floor_batch:>5} "
+          f"{min(runtimes):>9.2f} {predict_s:>9.2f} {fixed_s:>7.2f} {peak_mb:>7.0f} "
+          f"{diff:>8.1e} {break_even(n, fixed_s, predict_s, floor_s):>11}", flush=True)
     return diff
 
 
@@ -223,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
           f"batch_size {parameters['batch_size']}, onednn {parameters['onednn']}; "
           f"best of {args.repeat}")
     header = (f"{'N':>7} {'cube s':>8} {'cases/s':>8} {'floor s':>8} {'cases/s':>8} "
-              f"{'ratio':>6} | {'batch':>5} {'runtime s':>9} {'predict s':>9} {'fixed s':>7} "
-              f"{'peak MB':>7} {'max diff':>8} {'N at target':>11}")
+              f"{'ratio':>6} {'median':>6} | {'batch':>5} {'runtime s':>9} {'predict s':>9} "
+              f"{'fixed s':>7} {'peak MB':>7} {'max diff':>8} {'N at target':>11}")
     print(header, flush=True)
     try:
         worst = max(run_size(n, base / f"n{n}", parameters_file, args.repeat) for n in args.n)
@@ -235,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
           "model, writing).\n"
           "floor: the Keras model's predict on the cases held in memory, oneDNN on, at the "
           "fastest\n  batch size (batch).\n"
+          "ratio: fastest cube / fastest floor; median: the median of each round's cube / "
+          "floor.\n"
           "runtime s: the cube's model file in its own runtime, in memory, at the cube's "
           "batch size.\n"
           "predict s: the task's prediction phase alone (read, predict, check); fixed s: "

@@ -410,4 +410,4 @@ def test_the_benchmark_runs_on_a_few_cases(root, capsys, monkeypatch):
     assert bench.main(["--n", "6"]) == 0  # 1: the cube's ONNX file and Keras disagree
     lines = capsys.readouterr().out.splitlines()
     row = next(line.split() for line in lines if line.split()[:1] == ["6"])
-    assert len(row) == 14 and all(float(v) >= 0 for v in row[:12] if v != "|")
+    assert len(row) == 15 and all(float(v) >= 0 for v in row[:13] if v != "|")
