@@ -48,7 +48,12 @@ def test_the_shipped_onnx_file_is_the_export_of_the_shipped_keras_file(shipped, 
     meta = {p.key: p.value for p in onnx.load(again).metadata_props}
     assert meta[SOURCE_SHA256_KEY] == file_sha256(shipped / "weights.keras")
     # The Rescaling went into the first convolution: no pass over the pixels before it.
-    assert [n.op_type for n in onnx.load(again).graph.node][:2] == ["Reshape", "Conv"]
+    # That convolution's 8 filters are widened to 16 until its pool, then sliced back.
+    graph = onnx.load(again).graph
+    assert [n.op_type for n in graph.node][:6] == ["Reshape", "Conv", "Relu", "MaxPool",
+                                                   "Slice", "Conv"]
+    first = next(i for i in graph.initializer if i.name == graph.node[1].input[1])
+    assert list(first.dims) == [16, 1, 3, 3]
 
 
 @pytest.mark.parametrize("label_type", ["multi_class", "multi_label"])
@@ -75,6 +80,31 @@ def test_a_scale_with_an_offset_is_kept_and_still_exact(tmp_path):
     assert "Mul" in [n.op_type for n in onnx.load(exported).graph.node]
     images = _images(6, 16)
     np.testing.assert_allclose(load_onnx(exported, 16, 2).predict(images),
+                               model.predict(images.astype(np.float32), verbose=0), atol=1e-6)
+
+
+def test_narrow_convolutions_before_a_pool_are_widened_and_predict_the_same(tmp_path):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)  # widened
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(5, 3, padding="same")(x)  # no activation, then a pool: widened
+    x = keras.layers.AveragePooling2D(2)(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)  # a block already
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(x)  # no pool: kept
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.save(tmp_path / "narrow.keras")
+    exported = export_onnx(tmp_path / "narrow.keras")
+    graph = onnx.load(exported).graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    assert [shapes[n.input[1]][0] for n in graph.node if n.op_type == "Conv"] == [16, 16, 16, 6]
+    slices = [n for n in graph.node if n.op_type == "Slice"]
+    assert [next(p.op_type for p in graph.node if s.input[0] in p.output) for s in slices] \
+        == ["MaxPool", "AveragePool"]
+    images = _images(7, 32)
+    np.testing.assert_allclose(load_onnx(exported, 32, 3).predict(images),
                                model.predict(images.astype(np.float32), verbose=0), atol=1e-6)
 
 
