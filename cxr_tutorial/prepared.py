@@ -157,8 +157,11 @@ class PreparedDataset(Sequence[np.ndarray]):
         A file as :class:`PreparedWriter` writes it is exactly the header that ``np.save``
         gives a ``uint8`` ``(size, size)`` array, then the pixels. Comparing the header's
         bytes checks dtype, shape and order at once, and the pixels land in the batch
-        without an intermediate copy. For 5,000 cases of 128 px: 36 ms, against 57 ms
-        when reading the file's bytes and copying them, and 190 ms with ``np.load``.
+        without an intermediate copy. Where the system has ``preadv`` (Linux, the BSDs,
+        macOS), one call reads the header, the pixels and one byte more, which must not
+        be there: three system calls per file with the open and close. For 5,000 cases of
+        128 px that is about 45 ms, against 60 ms through a file object and 190 ms with
+        ``np.load``.
 
         Args:
             case_id: A case id listed in ``cases.csv``.
@@ -172,11 +175,22 @@ class PreparedDataset(Sequence[np.ndarray]):
         header = self._header
         got = bytearray(len(header))
         try:
-            with open(self._image_prefix + case_id + ".npy", "rb", buffering=0) as file:
-                return (file.readinto(got) == len(got) and got == header
-                        and file.readinto(into) == len(into) and not file.read(1))
+            if _preadv is None:
+                with open(self._image_prefix + case_id + ".npy", "rb", buffering=0) as file:
+                    return (file.readinto(got) == len(got) and got == header
+                            and file.readinto(into) == len(into) and not file.read(1))
+            fd = os.open(self._image_prefix + case_id + ".npy", os.O_RDONLY)
+            try:
+                count = _preadv(fd, [got, into, bytearray(1)], 0)
+            finally:
+                os.close(fd)
         except OSError:
             return False
+        return count == len(got) + len(into) and got == header
+
+
+_preadv = getattr(os, "preadv", None)
+"""``os.preadv`` where the system has it (not on Windows)."""
 
 
 @functools.lru_cache(maxsize=8)

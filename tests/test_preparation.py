@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import write_labels
+from cxr_tutorial import prepared
 from cxr_tutorial.errors import ConfigError, DataError, FormatError
 from cxr_tutorial.preparation import (
     WITHHELD,
@@ -357,7 +358,12 @@ def test_batches_return_the_written_pixels_in_order(tmp_path):
     np.testing.assert_array_equal(dataset.read("case-00004"), images[3])
 
 
-def test_batches_read_any_valid_npy_and_name_a_bad_one(tmp_path):
+@pytest.mark.parametrize("preadv", [True, False], ids=["preadv", "file object"])
+def test_batches_read_any_valid_npy_and_name_a_bad_one(tmp_path, monkeypatch, preadv):
+    if not preadv:  # the reader of systems without os.preadv (Windows)
+        monkeypatch.setattr(prepared, "_preadv", None)
+    elif prepared._preadv is None:
+        pytest.skip("os.preadv is not available here")
     data, images = _written(tmp_path)
     # Fortran order and a big-endian header are valid .npy files of the same pixels.
     np.save(data / "images" / "case-00002.npy", np.asfortranarray(images[1]))
