@@ -73,9 +73,9 @@ def export_onnx(
     into that convolution's weights, additions of zero are dropped, a convolution narrower
     than ONNX Runtime's channel blocks is widened up to its pool (:func:`_widen_convs`),
     names are made canonical and the provenance (source file, its SHA-256, parameter
-    count) is stored in the file's metadata. Finally the export is run by ONNX Runtime beside Keras on random
-    images; the file is written, atomically, only if the two agree within
-    :data:`EXPORT_TOLERANCE`.
+    count) is stored in the file's metadata. Finally the export is run by ONNX Runtime
+    beside Keras on random images; the file is written, atomically, only if the two agree
+    within :data:`EXPORT_TOLERANCE`.
 
     Args:
         keras_file: A ``.keras`` file with one image input ``(height, width, channels)``,
@@ -270,12 +270,13 @@ def _widen_convs(graph: onnx.GraphProto, block: int = CHANNEL_BLOCK) -> None:
     """Give ``Conv -> [Relu] -> pool`` a multiple of ``block`` channels, sliced after the pool.
 
     ONNX Runtime runs convolutions and pools on a layout that groups channels in blocks
-    of 8 or 16. A convolution with fewer channels (the reference CNN's first has 8, on a
-    16-channel machine) has its output converted back to the plain layout, and the pool
-    after it then runs there at full resolution: about a third of the reference CNN's
-    time. Zero filters (and zero biases) up to the next multiple of ``block`` keep the
-    pool in the blocked layout; a ``Slice`` after the pool drops the extra channels, so
-    the next layer sees exactly what it saw before, and the probabilities are unchanged.
+    of 8 or 16. A convolution with fewer channels than a whole number of blocks (the
+    reference CNN's first has 8, where blocks are 16 wide) has its output converted back
+    to the plain layout, and the pool after it then runs there at full resolution: about
+    a third of the reference CNN's time. Zero filters (and zero biases) up to the next
+    multiple of ``block`` keep the pool in the blocked layout; a ``Slice`` after the pool
+    drops the extra channels, so the next layer sees exactly what it saw before, and the
+    probabilities are unchanged.
 
     Applies only where the chain's weights are constants used by that convolution alone
     and no tensor of the chain is a graph output.
