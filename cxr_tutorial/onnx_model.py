@@ -189,11 +189,24 @@ def _bypass(graph: onnx.GraphProto, node: Any, kept_input: str) -> None:
     produced = node.output[0]
     if any(output.name == produced for output in graph.output):
         return
-    for other in graph.node:
-        for i, name in enumerate(other.input):
-            if name == produced:
-                other.input[i] = kept_input
+    _feed_instead(graph, produced, kept_input)
     graph.node.remove(node)
+
+
+def _feed_instead(graph: onnx.GraphProto, tensor: str, replacement: str) -> None:
+    """Make every node that reads ``tensor`` read ``replacement`` instead."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = replacement
+
+
+def _set_constant(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
+    """Replace the value of the initializer called ``name``."""
+    from onnx import numpy_helper
+
+    init = next(init for init in graph.initializer if init.name == name)
+    init.CopyFrom(numpy_helper.from_array(value, name))
 
 
 def _drop_zero_adds(graph: onnx.GraphProto) -> None:
@@ -221,8 +234,6 @@ def _fold_input_scale(graph: onnx.GraphProto) -> None:
     fold applies only when every path from the ``Mul`` reaches a ``Conv`` as its data
     input through such ops alone, and no weight is shared with another node.
     """
-    from onnx import numpy_helper
-
     constants = _constants(graph)
     graph_inputs = {value.name for value in graph.input}
     for node in list(graph.node):
@@ -248,11 +259,9 @@ def _fold_input_scale(graph: onnx.GraphProto) -> None:
         uses = Counter(name for other in graph.node for name in other.input)
         if not convs or any(w not in constants or uses[w] != 1 for w in weights):
             return
-        for init in graph.initializer:
-            if init.name in weights:
-                scaled = (constants[init.name] * scale.reshape(())).astype(
-                    constants[init.name].dtype)
-                init.CopyFrom(numpy_helper.from_array(scaled, init.name))
+        for name in weights:
+            _set_constant(graph, name, (constants[name] * scale.reshape(())).astype(
+                constants[name].dtype))
         _bypass(graph, node, data)
 
 
@@ -307,17 +316,13 @@ def _widen_convs(graph: onnx.GraphProto, block: int = CHANNEL_BLOCK) -> None:
         channels = values[0].shape[0]
         extra = -channels % block
         for name, value in zip(names, values):
-            widened = np.concatenate([value, np.zeros((extra, *value.shape[1:]), value.dtype)])
-            init = next(i for i in graph.initializer if i.name == name)
-            init.CopyFrom(numpy_helper.from_array(widened, name))
+            _set_constant(graph, name, np.concatenate(
+                [value, np.zeros((extra, *value.shape[1:]), value.dtype)]))
         pooled, sliced = pool.output[0], f"{pool.output[0]}_sliced"
         bounds = [f"{sliced}_{part}" for part in ("starts", "ends", "axes")]
         for name, value in zip(bounds, (0, channels, 1)):
             graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
-        for consumer in _consumers(graph, pooled):
-            for i, name in enumerate(consumer.input):
-                if name == pooled:
-                    consumer.input[i] = sliced
+        _feed_instead(graph, pooled, sliced)  # before the Slice, which reads ``pooled``
         position = list(graph.node).index(pool) + 1
         graph.node.insert(position, onnx.helper.make_node("Slice", [pooled, *bounds],
                                                           [sliced]))
